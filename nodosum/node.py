@@ -1,0 +1,299 @@
+"""Node: one member of a cluster, with its loop thread, endpoint and applications."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .application import Application, ReceiveHandler, RequestHandler
+from .bridge import LoopThread
+from .certs import ClusterIdentity
+from .config import APP_ID_RE, NodeConfig
+from .errors import ApplicationError, ConfigError, NodeNotRunning, ReadyTimeout
+from .membership import Member, MemberEvent, StaticMembership
+from .metrics import Counters
+from .transport.messaging import InboundDelivery, Messaging
+from .transport.quic import QuicEndpoint
+
+logger = logging.getLogger(__name__)
+
+MemberListener = Callable[[MemberEvent], None]
+
+_running_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The loop thread does not exist in a forked child: such a node cannot work there.
+    for node in list(_running_nodes):
+        node._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Node:
+    """A cluster member. Blocking and thread-safe; use as a context manager or call
+    :meth:`start` and :meth:`shutdown`.
+
+    >>> with Node(NodeConfig(ca_cert="ca.pem", ca_key="ca.key", node_id="a", port=7001)) as node:
+    ...     app = node.register_application("echo")
+    """
+
+    def __init__(self, config: NodeConfig | None = None, **settings: Any) -> None:
+        if config is None:
+            config = NodeConfig(**settings)
+        elif settings:
+            config = config.replace(**settings)
+        self.config = config
+        self.identity = ClusterIdentity.from_config(
+            config.node_id, config.ca_cert, config.ca_key, config.cert, config.key,
+            valid_seconds=config.cert_validity,
+        )
+        self.counters = Counters()
+        self._loop = LoopThread(f"nodosum-{config.node_id}", worker_threads=config.handler_threads,
+                                use_uvloop=config.use_uvloop)
+        self._apps: dict[str, Application] = {}
+        self._apps_lock = threading.Lock()
+        self._listeners: list[MemberListener] = []
+        self._correlation_ids = itertools.count(1)
+        self._messaging = Messaging(
+            config.node_id, self._loop, self, self.counters,
+            max_frame_size=config.max_frame_size, max_pending_requests=config.max_pending_requests,
+            reconnect_min=config.reconnect_min, reconnect_max=config.reconnect_max,  # type: ignore[arg-type]
+            on_connected=self._on_connected,
+        )
+        self._membership: StaticMembership | None = None
+        self._endpoint: QuicEndpoint | None = None
+        self._address: tuple[str, int] | None = None
+        self._member_ids: tuple[str, ...] = (config.node_id,)
+        self._connected = threading.Condition()
+        self._connections_made = 0
+        self._state = "new"
+        self._state_lock = threading.Lock()
+        self._local_delivery = InboundDelivery()
+
+    def __repr__(self) -> str:
+        return f"<Node {self.node_id!r} {self._state}>"
+
+    # -- life cycle ------------------------------------------------------------
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the node's UDP socket is bound to."""
+        if self._address is None:
+            raise NodeNotRunning("the node is not started")
+        return self._address
+
+    def start(self) -> Node:
+        """Bind the port, start the loop thread and join the cluster. Returns self."""
+        with self._state_lock:
+            if self._state == "running":
+                return self
+            if self._state != "new":
+                raise NodeNotRunning(f"node {self.node_id!r} was shut down; create a new Node")
+            self._loop.start()
+            try:
+                self._loop.run_coroutine(self._astart(), timeout=30)
+            except BaseException:
+                self._loop.stop()
+                self._state = "stopped"
+                raise
+            self._state = "running"
+            _running_nodes.add(self)
+        logger.info("node %s listening on %s:%d", self.node_id, *self.address)
+        return self
+
+    async def _astart(self) -> None:
+        config = self.config
+        loop = self._loop.loop
+        assert loop is not None
+
+        def make_endpoint() -> QuicEndpoint:
+            return QuicEndpoint(
+                self.identity, self._messaging, self.counters,
+                idle_timeout=config.idle_timeout,  # type: ignore[arg-type]
+                connect_timeout=config.connect_timeout,  # type: ignore[arg-type]
+                keepalive_interval=config.keepalive_interval,  # type: ignore[arg-type]
+                max_connections=config.max_connections,
+            )
+
+        try:
+            transport, endpoint = await loop.create_datagram_endpoint(
+                make_endpoint, local_addr=(config.host, config.port)
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError("port", f"{config.host}:{config.port} is already in use") from None
+            raise ConfigError("host", f"cannot bind {config.host}:{config.port}: {exc.strerror or exc}") from None
+        self._endpoint = endpoint
+        self._messaging.endpoint = endpoint
+        host, port = transport.get_extra_info("sockname")[:2]
+        self._address = (host, port)
+        local = Member(self.node_id, host, port)
+        peers = [Member(p.node_id, p.host, p.port) for p in config.peers]
+        self._membership = StaticMembership(local, peers)
+        self._membership.start(self._member_event)
+
+    def ready(self, timeout: float | None = 30.0) -> None:
+        """Block until this node is connected to every current member.
+
+        Raises ReadyTimeout if that takes longer than ``timeout`` seconds."""
+        self._check_running()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._connected:
+                seen = self._connections_made
+            missing = self._loop.call(self._unconnected_members)
+            if not missing:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ReadyTimeout(f"node {self.node_id!r} not connected to {missing} after {timeout}s")
+            with self._connected:
+                if self._connections_made == seen:
+                    self._connected.wait(0.5 if remaining is None else min(0.5, remaining))
+
+    def _unconnected_members(self) -> list[str]:
+        assert self._membership is not None
+        return sorted(m.node_id for m in self._membership.members()
+                      if m.node_id != self.node_id and not self._messaging.is_connected(m.node_id))
+
+    def _on_connected(self, node_id: str) -> None:
+        with self._connected:
+            self._connections_made += 1
+            self._connected.notify_all()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Close every connection, stop the loop thread and the workers. Idempotent."""
+        with self._state_lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopped"
+            _running_nodes.discard(self)
+        if not self._loop.in_loop_thread():
+            try:
+                self._loop.run_coroutine(self._aclose(), timeout=timeout)
+            except Exception:
+                logger.exception("error while closing node %s", self.node_id)
+        self._loop.stop(timeout)
+        logger.info("node %s shut down", self.node_id)
+
+    async def _aclose(self) -> None:
+        import asyncio
+
+        if self._membership is not None:
+            self._membership.stop()
+        self._messaging.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
+        # let the transport's close and connection_lost callbacks run
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    def _forked(self) -> None:
+        self._state = "forked"
+        self._loop._running = False
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- members ------------------------------------------------------------------
+    def members(self) -> list[Member]:
+        """Every current member, this node included."""
+        self._check_running()
+        assert self._membership is not None
+        return self._loop.call(self._membership.members)
+
+    def member_ids(self) -> list[str]:
+        """Ids of every current member, this node included, sorted (no loop round trip)."""
+        return list(self._member_ids)
+
+    def add_peer(self, node_id: str, host: str, port: int) -> None:
+        """Add a peer to the static member list at run time."""
+        self._check_running()
+        assert self._membership is not None
+        self._loop.call(self._membership.add, Member(node_id, host, port))
+
+    def remove_peer(self, node_id: str) -> None:
+        """Remove a peer from the static member list (a "leave" event)."""
+        self._check_running()
+        assert self._membership is not None
+        self._loop.call(self._membership.remove, node_id)
+
+    def on_member_event(self, listener: MemberListener) -> None:
+        """Call ``listener(event)`` on a worker thread for each join, leave, fail, update."""
+        self._listeners.append(listener)
+
+    def _member_event(self, event: MemberEvent) -> None:
+        assert self._membership is not None
+        self._member_ids = tuple(sorted(m.node_id for m in self._membership.members()))
+        self._messaging.member_event(event)
+        for listener in list(self._listeners):
+            self._loop.run_in_worker(self._call_listener, listener, event)
+
+    def _call_listener(self, listener: MemberListener, event: MemberEvent) -> None:
+        try:
+            listener(event)
+        except Exception:
+            self.counters.inc("handler_errors")
+            logger.exception("member event listener raised on %s", event)
+
+    # -- applications ------------------------------------------------------------------
+    def register_application(self, app_id: str) -> Application:
+        """Create the application ``app_id`` on this node (once per id)."""
+        if not isinstance(app_id, str) or not APP_ID_RE.match(app_id):
+            raise ApplicationError(f"invalid application id {app_id!r}")
+        with self._apps_lock:
+            if app_id in self._apps:
+                raise ApplicationError(f"application {app_id!r} is already registered on {self.node_id!r}")
+            app = self._apps[app_id] = Application(self, app_id)
+        return app
+
+    def application(self, app_id: str) -> Application:
+        """The registered application ``app_id``."""
+        try:
+            return self._apps[app_id]
+        except KeyError:
+            raise ApplicationError(f"no application {app_id!r} registered on {self.node_id!r}") from None
+
+    # HandlerSource, read by the transport on the loop thread
+    def receive_handler(self, app_id: str, stream_name: str) -> ReceiveHandler | None:
+        app = self._apps.get(app_id)
+        return None if app is None else app.receive_handler(stream_name)
+
+    def request_handler(self, app_id: str) -> RequestHandler | None:
+        app = self._apps.get(app_id)
+        return None if app is None else app.request_handler
+
+    def has_application(self, app_id: str) -> bool:
+        return app_id in self._apps
+
+    def _deliver_local(self, handler: ReceiveHandler, payload: bytes) -> None:
+        self._messaging.deliver(self._local_delivery, handler, payload, self.node_id)
+
+    # -- observability -------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counters of drops, rejections and errors since start."""
+        return self.counters.snapshot()
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            if self._state == "forked":
+                raise NodeNotRunning(
+                    f"node {self.node_id!r} was started before this process forked; start a new Node in the child"
+                )
+            raise NodeNotRunning(f"node {self.node_id!r} is {self._state}")

@@ -1,0 +1,533 @@
+"""Messages between applications over the QUIC endpoint (loop thread only).
+
+This layer keeps one connection per peer, opens streams, matches responses to
+requests by correlation id, and hands inbound messages to user handlers on the
+worker pool. Every method here runs on the loop thread; blocking callers reach
+it through :class:`nodosum.bridge.LoopThread`.
+
+One connection per peer pair: both sides may dial (the one with the larger id
+waits a moment first, so usually only one does). When two verified connections
+meet, both sides keep the one dialled by the smaller node id and retire the
+other once its in-flight requests are done.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..bridge import LoopThread
+from ..errors import FrameError, NodeUnreachable, RemoteError
+from ..membership import Member, MemberEvent, MemberEventKind
+from ..metrics import Counters
+from .frames import (
+    Data,
+    FrameDecoder,
+    Request,
+    Response,
+    StreamInit,
+    encode_data,
+    encode_error_response,
+    encode_response,
+    encode_stream_init,
+)
+from .quic import (
+    ERR_DUPLICATE,
+    ERR_FRAME,
+    ERR_MEMBER_GONE,
+    ERR_PEER_REJECTED,
+    PeerConnection,
+    QuicEndpoint,
+)
+from .registry import OutboundStream, StreamKey, StreamRegistry
+
+logger = logging.getLogger(__name__)
+
+RETIRE_GRACE = 10.0  # seconds a losing duplicate connection stays open for in-flight work
+
+ReceiveHandler = Callable[[bytes, str], None]
+RequestHandler = Callable[[bytes, str], bytes]
+
+
+class HandlerSource(Protocol):
+    """Where the transport finds an application's handlers (the Node)."""
+
+    def receive_handler(self, app_id: str, stream_name: str) -> ReceiveHandler | None: ...
+
+    def request_handler(self, app_id: str) -> RequestHandler | None: ...
+
+    def has_application(self, app_id: str) -> bool: ...
+
+
+def resolve(fut: concurrent.futures.Future[Any], value: Any = None, error: BaseException | None = None) -> None:
+    """Complete ``fut`` unless its caller already gave up on it."""
+    if fut.done():
+        return
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled by its timed-out caller in the meantime
+
+
+class InboundDelivery:
+    """Ordered delivery of one stream's DATA messages on the worker pool."""
+
+    __slots__ = ("lock", "queue", "draining")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queue: deque[tuple[ReceiveHandler, bytes]] = deque()
+        self.draining = False
+
+
+class StreamState:
+    """Read side of one stream: its decoder and what it carries."""
+
+    __slots__ = ("decoder", "outbound", "app_id", "name", "delivery")
+
+    def __init__(self, decoder: FrameDecoder, outbound: OutboundStream | None) -> None:
+        self.decoder = decoder
+        self.outbound = outbound
+        self.app_id = ""
+        self.name = ""
+        self.delivery: InboundDelivery | None = None
+
+
+class ConnState:
+    """What this layer keeps per connection."""
+
+    __slots__ = ("streams",)
+
+    def __init__(self) -> None:
+        self.streams: dict[int, StreamState] = {}
+
+
+class PeerState:
+    """One peer: its member record, its connection, and callers waiting for one."""
+
+    __slots__ = ("node_id", "member", "conn", "dialling", "waiters", "failures", "failed_reason",
+                 "redial_handle", "retiring")
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.member: Member | None = None
+        self.conn: PeerConnection | None = None
+        self.dialling: PeerConnection | None = None
+        self.waiters: list[tuple[Callable[[PeerConnection], None], concurrent.futures.Future[Any]]] = []
+        self.failures = 0
+        self.failed_reason: str | None = None
+        self.redial_handle: Any = None
+        self.retiring: list[PeerConnection] = []
+
+
+class Messaging:
+    """Connections per peer, streams, requests and their responses."""
+
+    def __init__(self, node_id: str, loop_thread: LoopThread, handlers: HandlerSource, counters: Counters, *,
+                 max_frame_size: int, max_pending_requests: int, reconnect_min: float, reconnect_max: float,
+                 on_connected: Callable[[str], None] | None = None) -> None:
+        self.node_id = node_id
+        self.loop_thread = loop_thread
+        self.handlers = handlers
+        self.counters = counters
+        self.max_frame_size = max_frame_size
+        self.max_pending_requests = max_pending_requests
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.on_connected = on_connected
+        self.endpoint: QuicEndpoint | None = None
+        self.registry = StreamRegistry()
+        self.peers: dict[str, PeerState] = {}
+        self.pending: dict[int, tuple[concurrent.futures.Future[bytes], PeerConnection]] = {}
+        self._closing = False
+
+    @property
+    def loop(self) -> Any:
+        return self.loop_thread.loop
+
+    # -- membership ---------------------------------------------------------------
+    def member_event(self, event: MemberEvent) -> None:
+        member = event.member
+        if member.node_id == self.node_id:
+            return
+        peer = self._peer(member.node_id)
+        if event.kind in (MemberEventKind.JOIN, MemberEventKind.UPDATE):
+            peer.member = member
+            if peer.conn is None and peer.dialling is None and peer.redial_handle is None:
+                # the smaller id dials at once; the larger waits a moment so that
+                # usually only one connection is made
+                delay = 0.0 if self.node_id < member.node_id else self.reconnect_min * (1 + random.random())
+                peer.redial_handle = self.loop.call_later(delay, self._dial, peer)
+        else:
+            peer.member = None
+            self._cancel_redial(peer)
+            self._fail_waiters(peer, f"node {member.node_id!r} {event.kind.value}")
+            for conn in (peer.conn, peer.dialling, *peer.retiring):
+                if conn is not None:
+                    conn.close(ERR_MEMBER_GONE, f"member {event.kind.value}")
+
+    def _peer(self, node_id: str) -> PeerState:
+        peer = self.peers.get(node_id)
+        if peer is None:
+            peer = self.peers[node_id] = PeerState(node_id)
+        return peer
+
+    def is_connected(self, node_id: str) -> bool:
+        peer = self.peers.get(node_id)
+        return peer is not None and peer.conn is not None
+
+    # -- dialling --------------------------------------------------------------------
+    def _dial(self, peer: PeerState) -> None:
+        peer.redial_handle = None
+        if self._closing or peer.member is None or peer.conn is not None or peer.dialling is not None:
+            return
+        assert self.endpoint is not None
+        peer.dialling = self.endpoint.dial(peer.member.address, peer.node_id)
+
+    def _schedule_redial(self, peer: PeerState) -> None:
+        if self._closing or peer.member is None or peer.redial_handle is not None:
+            return
+        delay = min(self.reconnect_max, self.reconnect_min * (2 ** min(peer.failures, 16)))
+        delay *= 0.5 + random.random()
+        peer.redial_handle = self.loop.call_later(delay, self._dial, peer)
+
+    @staticmethod
+    def _cancel_redial(peer: PeerState) -> None:
+        if peer.redial_handle is not None:
+            peer.redial_handle.cancel()
+            peer.redial_handle = None
+
+    def with_connection(self, node_id: str, fut: concurrent.futures.Future[Any],
+                        action: Callable[[PeerConnection], None]) -> None:
+        """Run ``action(conn)`` now or once the peer is connected; fail ``fut`` if it cannot be."""
+        peer = self.peers.get(node_id)
+        if peer is None or peer.member is None:
+            resolve(fut, error=NodeUnreachable(f"node {node_id!r} is not a member of this cluster"))
+            return
+        conn = peer.conn
+        if conn is not None:
+            action(conn)
+            return
+        if peer.failed_reason is not None and peer.dialling is None:
+            resolve(fut, error=NodeUnreachable(f"node {node_id!r} is unreachable: {peer.failed_reason}"))
+            if peer.redial_handle is None:
+                self._schedule_redial(peer)
+            return
+        if len(peer.waiters) >= self.max_pending_requests:
+            self.counters.inc("backpressure_refusals")
+            resolve(fut, error=NodeUnreachable(f"too many operations waiting for a connection to {node_id!r}"))
+            return
+        peer.waiters.append((action, fut))
+        if peer.dialling is None:
+            self._cancel_redial(peer)
+            self._dial(peer)
+
+    def _fail_waiters(self, peer: PeerState, reason: str) -> None:
+        waiters, peer.waiters = peer.waiters, []
+        for _, fut in waiters:
+            resolve(fut, error=NodeUnreachable(reason))
+
+    # -- connection events (QuicEndpoint's handler) --------------------------------------
+    def connection_verified(self, conn: PeerConnection) -> None:
+        conn.user = ConnState()
+        assert conn.node_id is not None
+        peer = self._peer(conn.node_id)
+        if peer.dialling is conn:
+            peer.dialling = None
+        current = peer.conn
+        if current is not None and not current.closed:
+            smaller_dials = self.node_id < conn.node_id
+            new_wins = conn.dialled == smaller_dials
+            loser = current if new_wins else conn
+            self._retire(peer, loser)
+            if not new_wins:
+                return
+        peer.conn = conn
+        peer.failures = 0
+        peer.failed_reason = None
+        self._cancel_redial(peer)
+        waiters, peer.waiters = peer.waiters, []
+        for action, fut in waiters:
+            if not fut.done():
+                action(conn)
+        if self.on_connected is not None:
+            self.on_connected(conn.node_id)
+
+    def _retire(self, peer: PeerState, conn: PeerConnection) -> None:
+        self.counters.inc("connections_duplicate")
+        logger.debug("retiring duplicate connection %r", conn)
+        self.registry.close_connection(conn)
+        peer.retiring.append(conn)
+        self.loop.call_later(RETIRE_GRACE, self._close_retired, peer, conn)
+
+    def _close_retired(self, peer: PeerState, conn: PeerConnection) -> None:
+        if conn.closed:
+            return
+        if any(c is conn for _, c in self.pending.values()):
+            self.loop.call_later(RETIRE_GRACE, self._close_retired, peer, conn)
+            return
+        conn.close(ERR_DUPLICATE, "duplicate connection")
+
+    def connection_closed(self, conn: PeerConnection, reason: str) -> None:
+        self.registry.close_connection(conn)
+        lost = [cid for cid, (_, c) in self.pending.items() if c is conn]
+        who = conn.node_id or conn.expected_node_id
+        for cid in lost:
+            fut, _ = self.pending.pop(cid)
+            resolve(fut, error=NodeUnreachable(f"connection to {who!r} lost: {reason}"))
+        if isinstance(conn.user, ConnState):
+            conn.user.streams.clear()
+        node_id = conn.node_id or conn.expected_node_id
+        peer = self.peers.get(node_id) if node_id else None
+        if peer is None:
+            return
+        if conn in peer.retiring:
+            peer.retiring.remove(conn)
+        if peer.dialling is conn:
+            peer.dialling = None
+            peer.failures += 1
+            peer.failed_reason = reason if reason else "connection failed"
+            self._fail_waiters(peer, f"cannot connect to {node_id!r}: {peer.failed_reason}")
+            self._schedule_redial(peer)
+        elif peer.conn is conn:
+            peer.conn = None
+            peer.failures += 1
+            peer.failed_reason = reason
+            self._schedule_redial(peer)
+
+    # -- streams ---------------------------------------------------------------------------
+    def outbound_stream(self, conn: PeerConnection, app_id: str, name: str) -> OutboundStream:
+        assert conn.node_id is not None
+        key: StreamKey = (conn.node_id, app_id, name)
+        stream = self.registry.get(key)
+        if stream is not None and stream.conn is conn:
+            return stream
+
+        def create() -> OutboundStream:
+            return OutboundStream(key, conn, conn.new_stream())
+
+        stream, created = self.registry.get_or_create(key, create)
+        if created:
+            conn.user.streams[stream.stream_id] = StreamState(
+                FrameDecoder(self.max_frame_size, expect_init=False), stream
+            )
+            conn.send(stream.stream_id, encode_stream_init(self.node_id, app_id, name))
+        return stream
+
+    def stream_data(self, conn: PeerConnection, stream_id: int, data: bytes, end_stream: bool) -> None:
+        state: StreamState | None = conn.user.streams.get(stream_id)
+        if state is None:
+            if (stream_id & 1) == (0 if conn.dialled else 1):
+                return  # our own stream, already dropped
+            state = conn.user.streams[stream_id] = StreamState(FrameDecoder(self.max_frame_size), None)
+        try:
+            frames = state.decoder.feed(data) if data else []
+            for frame in frames:
+                self._handle_frame(conn, stream_id, state, frame)
+        except FrameError as exc:
+            self.counters.inc("frames_bad")
+            logger.warning("bad frame from %s on stream %d, closing the stream: %s", conn.node_id, stream_id, exc)
+            self._drop_stream(conn, stream_id, state, ERR_FRAME)
+            return
+        if end_stream:
+            self._drop_stream(conn, stream_id, state, None)
+
+    def _drop_stream(self, conn: PeerConnection, stream_id: int, state: StreamState, error_code: int | None) -> None:
+        conn.user.streams.pop(stream_id, None)
+        if state.outbound is not None:
+            self.registry.close(state.outbound)
+        if error_code is not None:
+            conn.abort_stream(stream_id, error_code)
+
+    def stream_reset(self, conn: PeerConnection, stream_id: int, error_code: int) -> None:
+        state = conn.user.streams.get(stream_id)
+        if state is not None:
+            self.counters.inc("streams_reset_by_peer")
+            self._drop_stream(conn, stream_id, state, None)
+
+    def _handle_frame(self, conn: PeerConnection, stream_id: int, state: StreamState, frame: Any) -> None:
+        frame_type = type(frame)
+        if state.outbound is not None:
+            if frame_type is not Response:
+                raise FrameError(f"unexpected {frame_type.__name__} frame on a stream we opened")
+            entry = self.pending.pop(frame.correlation_id, None)
+            if entry is None or entry[1] is not conn:
+                if entry is not None:  # not this peer's request: put it back
+                    self.pending[frame.correlation_id] = entry
+                self.counters.inc("responses_unmatched")
+                return
+            if frame.error is None:
+                resolve(entry[0], frame.payload)
+            else:
+                resolve(entry[0], error=RemoteError(frame.error, conn.node_id))
+            return
+        if frame_type is Request:
+            self._dispatch_request(conn, stream_id, state.app_id, frame)
+        elif frame_type is Data:
+            self._dispatch_data(conn, state, frame.payload)
+        elif frame_type is StreamInit:
+            if frame.node_id != conn.node_id:
+                self.counters.inc("peers_rejected")
+                logger.warning("peer with certificate for %r claims to be %r; closing its connection",
+                               conn.node_id, frame.node_id)
+                conn.close(ERR_PEER_REJECTED, "claimed node id does not match certificate")
+                raise FrameError("claimed node id does not match the certificate")
+            state.app_id = frame.app_id
+            state.name = frame.stream_name
+        else:
+            raise FrameError(f"unexpected {frame_type.__name__} frame on a peer's stream")
+
+    # -- inbound dispatch ------------------------------------------------------------------------
+    def _dispatch_request(self, conn: PeerConnection, stream_id: int, app_id: str, frame: Request) -> None:
+        handler = self.handlers.request_handler(app_id)
+        if handler is None:
+            if self.handlers.has_application(app_id):
+                message = f"application {app_id!r} on node {self.node_id!r} has no request handler"
+            else:
+                message = f"no application {app_id!r} on node {self.node_id!r}"
+            conn.send(stream_id, encode_error_response(frame.correlation_id, message))
+            return
+        self.loop_thread.run_in_worker(self._run_request, handler, frame.payload, conn, stream_id,
+                                       frame.correlation_id)
+
+    def _run_request(self, handler: RequestHandler, payload: bytes, conn: PeerConnection, stream_id: int,
+                     correlation_id: int) -> None:
+        """Worker thread: run a request handler and send back its response."""
+        assert conn.node_id is not None
+        frame = self.run_handler(handler, payload, conn.node_id, correlation_id)
+        self.loop_thread.call_soon(self._send_response, conn, stream_id, frame)
+
+    def run_handler(self, handler: RequestHandler, payload: bytes, sender: str, correlation_id: int) -> bytes:
+        """Run a request handler; returns the encoded RESPONSE frame (ok or error)."""
+        try:
+            result = handler(payload, sender)
+            if not isinstance(result, (bytes, bytearray, memoryview)):
+                raise TypeError(f"request handler returned {type(result).__name__}, not bytes")
+            return encode_response(correlation_id, bytes(result), max_frame_size=self.max_frame_size)
+        except FrameError as exc:
+            self.counters.inc("responses_too_large")
+            return encode_error_response(correlation_id, f"response too large: {exc}")
+        except Exception as exc:
+            self.counters.inc("handler_errors")
+            logger.info("request handler raised for a request from %s: %r", sender, exc)
+            return encode_error_response(correlation_id, f"{type(exc).__name__}: {exc}")
+
+    def _send_response(self, conn: PeerConnection, stream_id: int, frame: bytes) -> None:
+        if conn.closed or stream_id not in conn.user.streams:
+            self.counters.inc("responses_dropped")
+            return
+        conn.send(stream_id, frame)
+
+    def _dispatch_data(self, conn: PeerConnection, state: StreamState, payload: bytes) -> None:
+        handler = self.handlers.receive_handler(state.app_id, state.name)
+        if handler is None:
+            self.counters.inc("messages_unhandled")
+            logger.debug("no receive handler for %s/%s; message from %s dropped", state.app_id, state.name,
+                         conn.node_id)
+            return
+        if state.delivery is None:
+            state.delivery = InboundDelivery()
+        assert conn.node_id is not None
+        self.deliver(state.delivery, handler, payload, conn.node_id)
+
+    def deliver(self, delivery: InboundDelivery, handler: ReceiveHandler, payload: bytes, sender: str) -> None:
+        """Queue a message for ordered delivery on the worker pool."""
+        with delivery.lock:
+            if len(delivery.queue) >= self.max_pending_requests:
+                self.counters.inc("messages_dropped_backlog")
+                logger.warning("receive backlog from %s is full; message dropped", sender)
+                return
+            delivery.queue.append((handler, payload))
+            if delivery.draining:
+                return
+            delivery.draining = True
+        self.loop_thread.run_in_worker(self._drain, delivery, sender)
+
+    def _drain(self, delivery: InboundDelivery, sender: str) -> None:
+        while True:
+            with delivery.lock:
+                if not delivery.queue:
+                    delivery.draining = False
+                    return
+                handler, payload = delivery.queue.popleft()
+            try:
+                handler(payload, sender)
+            except Exception:
+                self.counters.inc("handler_errors")
+                logger.exception("receive handler raised on a message from %s", sender)
+
+    # -- outbound operations (loop thread, from the bridge) ------------------------------------------
+    def start_request(self, fut: concurrent.futures.Future[bytes], node_id: str, app_id: str, name: str,
+                      correlation_id: int, frame: bytes) -> None:
+        def send(conn: PeerConnection) -> None:
+            if fut.done():
+                return
+            if len(self.pending) >= self.max_pending_requests:
+                self.counters.inc("backpressure_refusals")
+                resolve(fut, error=NodeUnreachable("too many requests in flight"))
+                return
+            stream = self.outbound_stream(conn, app_id, name)
+            self.pending[correlation_id] = (fut, conn)
+            conn.send(stream.stream_id, frame)
+
+        self.with_connection(node_id, fut, send)
+
+    def cancel_request(self, correlation_id: int) -> None:
+        self.pending.pop(correlation_id, None)
+
+    def start_send(self, fut: concurrent.futures.Future[None], node_ids: list[str], app_id: str, name: str,
+                   payload: bytes) -> None:
+        frame = encode_data(payload, max_frame_size=self.max_frame_size)
+        unknown = [n for n in node_ids if n not in self.peers or self.peers[n].member is None]
+        if unknown:
+            resolve(fut, error=NodeUnreachable(f"not members of this cluster: {', '.join(map(repr, unknown))}"))
+            return
+        for node_id in node_ids:
+            peer = self.peers[node_id]
+
+            def send(conn: PeerConnection) -> None:
+                conn.send(self.outbound_stream(conn, app_id, name).stream_id, frame)
+
+            if peer.conn is not None:
+                send(peer.conn)
+            else:
+                # queued until connected; a failure is counted, not raised, as for any one-way message
+                waiter: concurrent.futures.Future[None] = concurrent.futures.Future()
+                waiter.add_done_callback(self._count_lost_send)
+
+                def send_later(conn: PeerConnection, waiter: concurrent.futures.Future[None] = waiter) -> None:
+                    send(conn)
+                    resolve(waiter, None)
+
+                self.with_connection(node_id, waiter, send_later)
+        resolve(fut, None)
+
+    def _count_lost_send(self, fut: concurrent.futures.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.counters.inc("messages_undelivered")
+            logger.info("one-way message not delivered: %s", fut.exception())
+
+    def open_stream(self, fut: concurrent.futures.Future[None], node_id: str, app_id: str, name: str) -> None:
+        def open_(conn: PeerConnection) -> None:
+            self.outbound_stream(conn, app_id, name)
+            resolve(fut, None)
+
+        self.with_connection(node_id, fut, open_)
+
+    def close(self) -> None:
+        """Stop dialling and fail everything still waiting (before the endpoint closes)."""
+        self._closing = True
+        for peer in self.peers.values():
+            self._cancel_redial(peer)
+            self._fail_waiters(peer, "node is shutting down")
+        for fut, _ in self.pending.values():
+            resolve(fut, error=NodeUnreachable("node is shutting down"))
+        self.pending.clear()

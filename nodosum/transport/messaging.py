@@ -101,13 +101,23 @@ class StreamState:
         self.delivery: InboundDelivery | None = None
 
 
+MAX_ABORTED_REMEMBERED = 1024
+
+
 class ConnState:
     """What this layer keeps per connection."""
 
-    __slots__ = ("streams",)
+    __slots__ = ("streams", "aborted")
 
     def __init__(self) -> None:
         self.streams: dict[int, StreamState] = {}
+        # streams we aborted: data still in flight on them is ignored, not decoded afresh
+        self.aborted: dict[int, None] = {}
+
+    def remember_aborted(self, stream_id: int) -> None:
+        self.aborted[stream_id] = None
+        if len(self.aborted) > MAX_ABORTED_REMEMBERED:
+            del self.aborted[next(iter(self.aborted))]
 
 
 class PeerState:
@@ -325,13 +335,15 @@ class Messaging:
     def stream_data(self, conn: PeerConnection, stream_id: int, data: bytes, end_stream: bool) -> None:
         state: StreamState | None = conn.user.streams.get(stream_id)
         if state is None:
-            if (stream_id & 1) == (0 if conn.dialled else 1):
-                return  # our own stream, already dropped
+            if (stream_id & 1) == (0 if conn.dialled else 1) or stream_id in conn.user.aborted:
+                return  # a stream already dropped
             state = conn.user.streams[stream_id] = StreamState(FrameDecoder(self.max_frame_size), None)
         try:
             frames = state.decoder.feed(data) if data else []
             for frame in frames:
                 self._handle_frame(conn, stream_id, state, frame)
+            if end_stream and state.decoder.buffered:
+                raise FrameError(f"stream ended inside a frame ({state.decoder.buffered} bytes left over)")
         except FrameError as exc:
             self.counters.inc("frames_bad")
             logger.warning("bad frame from %s on stream %d, closing the stream: %s", conn.node_id, stream_id, exc)
@@ -345,6 +357,7 @@ class Messaging:
         if state.outbound is not None:
             self.registry.close(state.outbound)
         if error_code is not None:
+            conn.user.remember_aborted(stream_id)
             conn.abort_stream(stream_id, error_code)
 
     def stream_reset(self, conn: PeerConnection, stream_id: int, error_code: int) -> None:
@@ -352,6 +365,7 @@ class Messaging:
         if state is not None:
             self.counters.inc("streams_reset_by_peer")
             self._drop_stream(conn, stream_id, state, None)
+            conn.user.remember_aborted(stream_id)
 
     def _handle_frame(self, conn: PeerConnection, stream_id: int, state: StreamState, frame: Any) -> None:
         frame_type = type(frame)

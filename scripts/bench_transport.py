@@ -1,0 +1,427 @@
+"""Transport benchmark: nodosum request/response against a raw aioquic echo measured in the same run.
+
+Usage::
+
+    python scripts/bench_transport.py [--quick] [--requests N] [--duration S] [--no-uvloop]
+
+Measures, with 100-byte payloads on 127.0.0.1:
+
+1. raw aioquic, client and server in one process and one event loop, one bidirectional stream,
+   length-prefixed frames: (a) sequential request/response ("the raw in-loop aioquic exchange");
+   (b) 64 requests in flight, one transmit per loop tick.
+2. nodosum, two nodes in separate processes (the server node runs in a spawned child with an echo
+   request handler): (a) ``app.request`` from 1 thread, sequential; (b) from 16 threads for a fixed time.
+3. A table with the figures and the ratios against their targets. Prints figures only; asserts nothing.
+
+``--quick`` runs a short version (~20 s); the default run takes well under two minutes. The machine is
+noisy: compare ratios from one run, not absolute figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime as dt
+import multiprocessing
+import platform
+import ssl
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aioquic
+from aioquic.asyncio import QuicConnectionProtocol, connect, serve
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+PAYLOAD = b"x" * 100
+HOST = "127.0.0.1"
+ALPN = "bench"
+IN_FLIGHT = 64
+THREADS = 16
+APP_ID = "bench"
+SERVER_ID, CLIENT_ID = "bench-server", "bench-client"
+TARGET_P50_RATIO = 1.5
+TARGET_THREADS_RPS = 10_000
+
+# ------------------------------------------------------------------------------------------ shared helpers
+
+
+def uvloop_version() -> str | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return getattr(uvloop, "__version__", "?")
+
+
+def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class Result:
+    """One scenario's figures: count, wall time, latencies (ns) and client CPU seconds."""
+
+    def __init__(self, name: str, count: int, elapsed: float, latencies_ns: list[int] | None = None,
+                 cpu: float | None = None, server_cpu: float | None = None) -> None:
+        self.name, self.count, self.elapsed, self.cpu, self.server_cpu = name, count, elapsed, cpu, server_cpu
+        self.lat = sorted(latencies_ns or [])
+
+    @property
+    def rps(self) -> float:
+        return self.count / self.elapsed
+
+    def pct_us(self, q: float) -> float | None:
+        return self.lat[min(len(self.lat) - 1, int(q * len(self.lat)))] / 1000 if self.lat else None
+
+    def per_op_us(self, cpu: float | None) -> float | None:
+        return None if cpu is None else cpu / self.count * 1e6
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Run ``fn``; return its result, wall seconds and process CPU seconds."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+class FrameReader:
+    """Length-prefixed (4-byte big-endian) frames out of a byte stream."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        frames = []
+        while len(self.buf) >= 4:
+            (size,) = struct.unpack_from("!I", self.buf)
+            if len(self.buf) < 4 + size:
+                break
+            frames.append(bytes(self.buf[4:4 + size]))
+            del self.buf[:4 + size]
+        return frames
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+# ------------------------------------------------------------------------------------------ 1. raw aioquic
+
+
+def self_signed() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+class EchoServer(QuicConnectionProtocol):
+    """Echoes every frame back on its stream; aioquic transmits after each received datagram."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.readers: dict[int, FrameReader] = {}
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            reader = self.readers.setdefault(event.stream_id, FrameReader())
+            for payload in reader.feed(event.data):
+                self._quic.send_stream_data(event.stream_id, frame(payload))
+
+
+class EchoClient(QuicConnectionProtocol):
+    """Requests on one stream; responses complete futures in order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reader = FrameReader()
+        self.waiters: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        self.stream_id: int | None = None
+        self.flush_scheduled = False
+
+    def request(self, payload: bytes, coalesce: bool) -> asyncio.Future[bytes]:
+        if self.stream_id is None:
+            self.stream_id = self._quic.get_next_available_stream_id()
+        fut = self._loop.create_future()
+        self.waiters.append(fut)
+        self._quic.send_stream_data(self.stream_id, frame(payload))
+        if not coalesce:
+            self.transmit()
+        elif not self.flush_scheduled:  # one transmit per loop tick for everything written in it
+            self.flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        self.transmit()
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived) and event.stream_id == self.stream_id:
+            for payload in self.reader.feed(event.data):
+                self.waiters.popleft().set_result(payload)
+
+
+async def raw_aioquic(requests: int, pipelined: int) -> tuple[Result, Result, str]:
+    cert, key = self_signed()
+    server_config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+    server_config.certificate, server_config.private_key = cert, key
+    server = await serve(HOST, 0, configuration=server_config, create_protocol=EchoServer)
+    port = server._transport.get_extra_info("sockname")[1]
+    client_config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    try:
+        async with connect(HOST, port, configuration=client_config, create_protocol=EchoClient) as client:
+            assert isinstance(client, EchoClient)
+            for _ in range(500):  # warm-up
+                assert await client.request(PAYLOAD, coalesce=False) == PAYLOAD
+
+            lat: list[int] = []
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(requests):
+                s = time.perf_counter_ns()
+                await client.request(PAYLOAD, coalesce=False)
+                lat.append(time.perf_counter_ns() - s)
+            seq = Result("raw aioquic, in-loop, sequential", requests, time.perf_counter() - t0, lat,
+                         time.process_time() - c0)
+
+            per_worker = pipelined // IN_FLIGHT
+
+            async def worker() -> None:
+                for _ in range(per_worker):
+                    await client.request(PAYLOAD, coalesce=True)
+
+            t0, c0 = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+            pipe = Result(f"raw aioquic, in-loop, {IN_FLIGHT} in flight, 1 transmit/tick", per_worker * IN_FLIGHT,
+                          time.perf_counter() - t0, None, time.process_time() - c0)
+    finally:
+        server.close()
+    return seq, pipe, loop_name
+
+
+# ------------------------------------------------------------------------------------------ 2. nodosum
+
+
+def serve_node(conn: Any, ca_cert: bytes, ca_key: bytes, use_uvloop: bool) -> None:
+    """Child process: an echo node. Exits on "stop" or when the parent's end of the pipe closes."""
+    from nodosum import Node, NodeConfig
+
+    node = None
+    try:
+        node = Node(NodeConfig(ca_cert=ca_cert, ca_key=ca_key, node_id=SERVER_ID, host=HOST, port=0,
+                               use_uvloop=use_uvloop, profile="local")).start()
+        node.register_application(APP_ID).set_request_handler(lambda payload, sender: payload)
+        conn.send(("address", node.address))
+        _, (peer_id, host, port) = conn.recv()
+        node.add_peer(peer_id, host, port)
+        node.ready(30)
+        conn.send(("ready", None))
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if msg == "cpu":
+                conn.send(("cpu", time.process_time()))
+            elif msg == "stop":
+                break
+    except BaseException as exc:
+        try:
+            conn.send(("error", repr(exc)))
+        except OSError:
+            pass
+        raise
+    finally:
+        if node is not None:
+            node.shutdown()
+
+
+def expect(conn: Any, kind: str, timeout: float = 60.0) -> Any:
+    if not conn.poll(timeout):
+        raise RuntimeError(f"server process sent no {kind!r} within {timeout}s")
+    got, value = conn.recv()
+    if got != kind:
+        raise RuntimeError(f"server process: expected {kind!r}, got {got!r}: {value}")
+    return value
+
+
+def server_cpu(conn: Any) -> float:
+    conn.send("cpu")
+    return expect(conn, "cpu", 10)
+
+
+def run_sequential(app: Any, count: int) -> list[int]:
+    lat = []
+    for _ in range(count):
+        s = time.perf_counter_ns()
+        app.request(PAYLOAD, SERVER_ID)
+        lat.append(time.perf_counter_ns() - s)
+    return lat
+
+
+def run_threads(app: Any, threads: int, duration: float) -> tuple[int, float, list[int]]:
+    """``threads`` callers each requesting in a loop for ``duration`` s; returns count, wall time, latencies."""
+    start = threading.Barrier(threads + 1)
+    results: list[list[int]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+
+    def caller(lat: list[int]) -> None:
+        start.wait()
+        deadline = time.perf_counter() + duration
+        try:
+            while time.perf_counter() < deadline:
+                s = time.perf_counter_ns()
+                app.request(PAYLOAD, SERVER_ID)
+                lat.append(time.perf_counter_ns() - s)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=caller, args=(lat,), daemon=True) for lat in results]
+    for w in workers:
+        w.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        print(f"  ! {len(errors)} caller thread(s) failed, first: {errors[0]!r}")
+    lat = [x for r in results for x in r]
+    return len(lat), elapsed, lat
+
+
+def bench_nodosum(requests: int, duration: float, use_uvloop: bool) -> tuple[list[Result], dict[str, int]]:
+    from nodosum import Node, NodeConfig
+    from nodosum.certs import create_ca
+
+    ca_cert, ca_key = create_ca("bench CA")
+    ctx = multiprocessing.get_context("spawn")
+    parent_end, child_end = ctx.Pipe()
+    proc = ctx.Process(target=serve_node, args=(child_end, ca_cert, ca_key, use_uvloop), daemon=True,
+                       name="bench-server-node")
+    node = None
+    try:
+        proc.start()
+        child_end.close()  # the child sees EOF (and exits) once this process closes parent_end or dies
+        node = Node(NodeConfig(ca_cert=ca_cert, ca_key=ca_key, node_id=CLIENT_ID, host=HOST, port=0,
+                               use_uvloop=use_uvloop, profile="local")).start()
+        app = node.register_application(APP_ID)
+        host, port = expect(parent_end, "address")
+        node.add_peer(SERVER_ID, host, port)
+        parent_end.send(("peer", (CLIENT_ID, *node.address)))
+        t0 = time.perf_counter()
+        node.ready(30)
+        expect(parent_end, "ready")
+        print(f"  nodes connected in {(time.perf_counter() - t0) * 1000:.1f} ms")
+
+        assert app.request(PAYLOAD, SERVER_ID) == PAYLOAD
+        run_sequential(app, 500)  # warm-up
+        run_threads(app, THREADS, 0.5)
+
+        s0 = server_cpu(parent_end)
+        lat, elapsed, cpu = timed(lambda: run_sequential(app, requests))
+        seq = Result("nodosum, 1 thread, sequential", requests, elapsed, lat, cpu, server_cpu(parent_end) - s0)
+
+        s0 = server_cpu(parent_end)
+        (count, elapsed, lat), _, cpu = timed(lambda: run_threads(app, THREADS, duration))
+        par = Result(f"nodosum, {THREADS} threads", count, elapsed, lat, cpu, server_cpu(parent_end) - s0)
+        return [seq, par], node.stats()
+    finally:
+        if node is not None:
+            node.shutdown()
+        try:
+            parent_end.send("stop")
+        except OSError:
+            pass
+        parent_end.close()
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+# ------------------------------------------------------------------------------------------ 3. report
+
+
+def fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(results: list[Result], raw_seq: Result, raw_pipe: Result, seq: Result, par: Result) -> None:
+    head = f"{'scenario':<52} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'cli CPU µs/op':>14} {'srv CPU µs/op':>14}"
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in results:
+        print(f"{r.name:<52} {fmt(r.rps):>9} {fmt(r.pct_us(0.5)):>8} {fmt(r.pct_us(0.99)):>8} "
+              f"{fmt(r.per_op_us(r.cpu), '.1f'):>14} {fmt(r.per_op_us(r.server_cpu), '.1f'):>14}")
+    print("(raw aioquic runs client and server in one process: its CPU column covers both sides)")
+
+    p50_ratio = seq.pct_us(0.5) / raw_seq.pct_us(0.5)  # type: ignore[operator]
+    rows = [
+        ("nodosum sequential p50 / raw in-loop sequential p50", f"{p50_ratio:.2f}x",
+         f"target <= {TARGET_P50_RATIO}x: {'met' if p50_ratio <= TARGET_P50_RATIO else 'NOT met'}"),
+        (f"nodosum {THREADS}-thread req/s", f"{par.rps:,.0f}",
+         f"target >= {TARGET_THREADS_RPS:,}: {'met' if par.rps >= TARGET_THREADS_RPS else 'NOT met'}"),
+        (f"nodosum {THREADS}-thread req/s / raw {IN_FLIGHT}-in-flight req/s", f"{par.rps / raw_pipe.rps:.2f}x", ""),
+        ("nodosum sequential req/s / raw sequential req/s", f"{seq.rps / raw_seq.rps:.2f}x", ""),
+    ]
+    print("\nratios")
+    for label, value, note in rows:
+        print(f"  {label:<52} {value:>9}   {note}".rstrip())
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run (~20 s)")
+    parser.add_argument("--requests", type=int, help="sequential requests per scenario (default 10000, quick 2000)")
+    parser.add_argument("--duration", type=float, help="seconds of the 16-thread run (default 10, quick 3)")
+    parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
+    args = parser.parse_args(argv)
+    requests = args.requests or (2000 if args.quick else 10_000)
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    pipelined = max(IN_FLIGHT, requests * 4)
+    uv = uvloop_version()
+    use_uvloop = uv is not None and not args.no_uvloop
+
+    print(f"Python {platform.python_version()} ({sys.implementation.name}), aioquic {aioquic.__version__}, "
+          f"uvloop {uv or 'not installed'}; {multiprocessing.cpu_count()} CPUs")
+    print(f"event loop: {'uvloop' if use_uvloop else 'asyncio (default)'}; payload {len(PAYLOAD)} bytes; "
+          f"{requests} sequential requests, {pipelined} pipelined, {THREADS} threads for {duration:g} s")
+
+    print("1. raw aioquic echo (one process, one loop)...")
+    with asyncio.Runner(loop_factory=lambda: new_loop(use_uvloop)) as runner:
+        raw_seq, raw_pipe, loop_name = runner.run(raw_aioquic(requests, pipelined))
+    print(f"  loop class module: {loop_name}")
+    print("2. nodosum, server node in a child process...")
+    (seq, par), stats = bench_nodosum(requests, duration, use_uvloop)
+    report([raw_seq, raw_pipe, seq, par], raw_seq, raw_pipe, seq, par)
+    nonzero = {k: v for k, v in stats.items() if v}
+    print(f"\nclient node counters: {nonzero or 'all zero'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,7 @@ from .application import Application
 from .config import NodeConfig
 from .errors import (
     ApplicationError,
+    BackpressureError,
     ConfigError,
     MessageTooLarge,
     NodeNotRunning,
@@ -21,7 +22,7 @@ from .node import Node
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "Application", "ApplicationError", "ConfigError", "Member", "MemberEvent", "MemberEventKind",
+    "Application", "ApplicationError", "BackpressureError", "ConfigError", "Member", "MemberEvent", "MemberEventKind",
     "MessageTooLarge", "Node", "NodeConfig", "NodeNotRunning", "NodeUnreachable", "NodosumError",
     "ReadyTimeout", "RemoteError", "RequestTimeout",
 ]

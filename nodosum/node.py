@@ -6,6 +6,7 @@ import errno
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -38,6 +39,29 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _bind_udp(host: str, port: int) -> socket.socket:
+    """Bind the node's UDP socket ourselves, so a busy port is reported precisely."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError("host", f"cannot resolve {host!r}: {exc}") from None
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+            except OSError:
+                pass  # the kernel's limit applies; larger buffers only absorb bursts
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError("port", f"{host}:{port} is already in use") from None
+        raise ConfigError("host", f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 class Node:
     """A cluster member. Blocking and thread-safe; use as a context manager or call
     :meth:`start` and :meth:`shutdown`.
@@ -66,6 +90,7 @@ class Node:
         self._messaging = Messaging(
             config.node_id, self._loop, self, self.counters,
             max_frame_size=config.max_frame_size, max_pending_requests=config.max_pending_requests,
+            max_queued_bytes=config.max_queued_bytes,
             reconnect_min=config.reconnect_min, reconnect_max=config.reconnect_max,  # type: ignore[arg-type]
             on_connected=self._on_connected,
         )
@@ -127,14 +152,8 @@ class Node:
                 max_connections=config.max_connections,
             )
 
-        try:
-            transport, endpoint = await loop.create_datagram_endpoint(
-                make_endpoint, local_addr=(config.host, config.port)
-            )
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError("port", f"{config.host}:{config.port} is already in use") from None
-            raise ConfigError("host", f"cannot bind {config.host}:{config.port}: {exc.strerror or exc}") from None
+        sock = _bind_udp(config.host, config.port)
+        transport, endpoint = await loop.create_datagram_endpoint(make_endpoint, sock=sock)
         self._endpoint = endpoint
         self._messaging.endpoint = endpoint
         host, port = transport.get_extra_info("sockname")[:2]

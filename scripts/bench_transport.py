@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import multiprocessing
 import platform
@@ -30,7 +31,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aioquic
@@ -183,14 +184,13 @@ class EchoClient(QuicConnectionProtocol):
                 self.waiters.popleft().set_result(payload)
 
 
-async def raw_aioquic(requests: int, pipelined: int) -> tuple[Result, Result, str]:
+async def raw_aioquic(requests: int, pipelined: int) -> tuple[Result, Result]:
     cert, key = self_signed()
     server_config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
     server_config.certificate, server_config.private_key = cert, key
     server = await serve(HOST, 0, configuration=server_config, create_protocol=EchoServer)
     port = server._transport.get_extra_info("sockname")[1]
     client_config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
-    loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     try:
         async with connect(HOST, port, configuration=client_config, create_protocol=EchoClient) as client:
             assert isinstance(client, EchoClient)
@@ -218,7 +218,7 @@ async def raw_aioquic(requests: int, pipelined: int) -> tuple[Result, Result, st
                           time.perf_counter() - t0, None, time.process_time() - c0)
     finally:
         server.close()
-    return seq, pipe, loop_name
+    return seq, pipe
 
 
 # ------------------------------------------------------------------------------------------ 2. nodosum
@@ -312,7 +312,9 @@ def run_threads(app: Any, threads: int, duration: float) -> tuple[int, float, li
     return len(lat), elapsed, lat
 
 
-def bench_nodosum(requests: int, duration: float, use_uvloop: bool) -> tuple[list[Result], dict[str, int]]:
+@contextlib.contextmanager
+def nodosum_pair(use_uvloop: bool) -> Iterator[tuple[Any, Any, Any]]:
+    """Start the server node in a child process and the client node here; yield (client node, app, pipe)."""
     from nodosum import Node, NodeConfig
     from nodosum.certs import create_ca
 
@@ -334,20 +336,11 @@ def bench_nodosum(requests: int, duration: float, use_uvloop: bool) -> tuple[lis
         t0 = time.perf_counter()
         node.ready(30)
         expect(parent_end, "ready")
-        print(f"  nodes connected in {(time.perf_counter() - t0) * 1000:.1f} ms")
-
+        print(f"  nodes connected in {(time.perf_counter() - t0) * 1000:.1f} ms (server pid {proc.pid})")
         assert app.request(PAYLOAD, SERVER_ID) == PAYLOAD
         run_sequential(app, 500)  # warm-up
         run_threads(app, THREADS, 0.5)
-
-        s0 = server_cpu(parent_end)
-        lat, elapsed, cpu = timed(lambda: run_sequential(app, requests))
-        seq = Result("nodosum, 1 thread, sequential", requests, elapsed, lat, cpu, server_cpu(parent_end) - s0)
-
-        s0 = server_cpu(parent_end)
-        (count, elapsed, lat), _, cpu = timed(lambda: run_threads(app, THREADS, duration))
-        par = Result(f"nodosum, {THREADS} threads", count, elapsed, lat, cpu, server_cpu(parent_end) - s0)
-        return [seq, par], node.stats()
+        yield node, app, parent_end
     finally:
         if node is not None:
             node.shutdown()
@@ -365,6 +358,16 @@ def bench_nodosum(requests: int, duration: float, use_uvloop: bool) -> tuple[lis
             proc.join()
 
 
+def nodosum_round(app: Any, pipe: Any, requests: int, duration: float) -> tuple[Result, Result]:
+    s0 = server_cpu(pipe)
+    lat, elapsed, cpu = timed(lambda: run_sequential(app, requests))
+    seq = Result("nodosum, 1 thread, sequential", requests, elapsed, lat, cpu, server_cpu(pipe) - s0)
+    s0 = server_cpu(pipe)
+    (count, elapsed, lat), _, cpu = timed(lambda: run_threads(app, THREADS, duration))
+    par = Result(f"nodosum, {THREADS} threads", count, elapsed, lat, cpu, server_cpu(pipe) - s0)
+    return seq, par
+
+
 # ------------------------------------------------------------------------------------------ 3. report
 
 
@@ -372,18 +375,34 @@ def fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def report(results: list[Result], raw_seq: Result, raw_pipe: Result, seq: Result, par: Result) -> None:
-    head = f"{'scenario':<52} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'cli CPU µs/op':>14} {'srv CPU µs/op':>14}"
+def merge(rounds: list[Result]) -> Result:
+    """Pool the rounds of one scenario: total count over total time, all latencies, summed CPU."""
+    cpu = None if rounds[0].cpu is None else sum(r.cpu or 0.0 for r in rounds)
+    srv = None if rounds[0].server_cpu is None else sum(r.server_cpu or 0.0 for r in rounds)
+    out = Result(rounds[0].name, sum(r.count for r in rounds), sum(r.elapsed for r in rounds),
+                 [x for r in rounds for x in r.lat], cpu, srv)
+    out.per_round = [r.rps for r in rounds]  # type: ignore[attr-defined]
+    return out
+
+
+def report(rounds: list[tuple[Result, ...]]) -> None:
+    raw_seq, raw_pipe, seq, par = (merge(list(col)) for col in zip(*rounds))
+    head = (f"{'scenario':<52} {'req/s':>9} {'(min-max of rounds)':>20} {'p50 µs':>7} {'p99 µs':>7} "
+            f"{'cli CPU':>8} {'srv CPU':>8}")
     print("\n" + head + "\n" + "-" * len(head))
-    for r in results:
-        print(f"{r.name:<52} {fmt(r.rps):>9} {fmt(r.pct_us(0.5)):>8} {fmt(r.pct_us(0.99)):>8} "
-              f"{fmt(r.per_op_us(r.cpu), '.1f'):>14} {fmt(r.per_op_us(r.server_cpu), '.1f'):>14}")
-    print("(raw aioquic runs client and server in one process: its CPU column covers both sides)")
+    for r in (raw_seq, raw_pipe, seq, par):
+        spread = f"({min(r.per_round):,.0f}-{max(r.per_round):,.0f})"  # type: ignore[attr-defined]
+        print(f"{r.name:<52} {fmt(r.rps):>9} {spread:>20} {fmt(r.pct_us(0.5)):>7} {fmt(r.pct_us(0.99)):>7} "
+              f"{fmt(r.per_op_us(r.cpu), '.1f'):>8} {fmt(r.per_op_us(r.server_cpu), '.1f'):>8}")
+    print("CPU columns: process CPU µs per request (user+sys, all threads). Raw aioquic runs client and server\n"
+          "in one process, so its 'cli CPU' covers both sides. Latencies pooled over all rounds.")
 
     p50_ratio = seq.pct_us(0.5) / raw_seq.pct_us(0.5)  # type: ignore[operator]
+    per_round = ", ".join(f"{s.pct_us(0.5) / r.pct_us(0.5):.2f}" for r, _, s, _ in rounds)  # type: ignore[operator]
     rows = [
         ("nodosum sequential p50 / raw in-loop sequential p50", f"{p50_ratio:.2f}x",
-         f"target <= {TARGET_P50_RATIO}x: {'met' if p50_ratio <= TARGET_P50_RATIO else 'NOT met'}"),
+         f"target <= {TARGET_P50_RATIO}x: {'met' if p50_ratio <= TARGET_P50_RATIO else 'NOT met'}"
+         f"  (rounds: {per_round})"),
         (f"nodosum {THREADS}-thread req/s", f"{par.rps:,.0f}",
          f"target >= {TARGET_THREADS_RPS:,}: {'met' if par.rps >= TARGET_THREADS_RPS else 'NOT met'}"),
         (f"nodosum {THREADS}-thread req/s / raw {IN_FLIGHT}-in-flight req/s", f"{par.rps / raw_pipe.rps:.2f}x", ""),
@@ -393,33 +412,40 @@ def report(results: list[Result], raw_seq: Result, raw_pipe: Result, seq: Result
     for label, value, note in rows:
         print(f"  {label:<52} {value:>9}   {note}".rstrip())
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short run (~20 s)")
-    parser.add_argument("--requests", type=int, help="sequential requests per scenario (default 10000, quick 2000)")
-    parser.add_argument("--duration", type=float, help="seconds of the 16-thread run (default 10, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="short run (~15 s)")
+    parser.add_argument("--requests", type=int, help="sequential requests per round (default 10000, quick 2000)")
+    parser.add_argument("--duration", type=float, help="seconds of each 16-thread run (default 10, quick 3)")
+    parser.add_argument("--rounds", type=int, help="rounds of every scenario, interleaved (default 3, quick 2)")
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     args = parser.parse_args(argv)
     requests = args.requests or (2000 if args.quick else 10_000)
     duration = args.duration or (3.0 if args.quick else 10.0)
+    n_rounds = args.rounds or (2 if args.quick else 3)
     pipelined = max(IN_FLIGHT, requests * 4)
     uv = uvloop_version()
     use_uvloop = uv is not None and not args.no_uvloop
 
     print(f"Python {platform.python_version()} ({sys.implementation.name}), aioquic {aioquic.__version__}, "
           f"uvloop {uv or 'not installed'}; {multiprocessing.cpu_count()} CPUs")
-    print(f"event loop: {'uvloop' if use_uvloop else 'asyncio (default)'}; payload {len(PAYLOAD)} bytes; "
-          f"{requests} sequential requests, {pipelined} pipelined, {THREADS} threads for {duration:g} s")
-
-    print("1. raw aioquic echo (one process, one loop)...")
-    with asyncio.Runner(loop_factory=lambda: new_loop(use_uvloop)) as runner:
-        raw_seq, raw_pipe, loop_name = runner.run(raw_aioquic(requests, pipelined))
-    print(f"  loop class module: {loop_name}")
-    print("2. nodosum, server node in a child process...")
-    (seq, par), stats = bench_nodosum(requests, duration, use_uvloop)
-    report([raw_seq, raw_pipe, seq, par], raw_seq, raw_pipe, seq, par)
-    nonzero = {k: v for k, v in stats.items() if v}
-    print(f"\nclient node counters: {nonzero or 'all zero'}")
+    print(f"event loop: {'uvloop' if use_uvloop else 'asyncio (default)'} (raw baseline and both nodes); "
+          f"payload {len(PAYLOAD)} bytes")
+    print(f"{n_rounds} rounds of: raw sequential x{requests}, raw {IN_FLIGHT}-in-flight x{pipelined}, "
+          f"nodosum sequential x{requests}, nodosum {THREADS} threads for {duration:g} s")
+    rounds: list[tuple[Result, ...]] = []
+    with asyncio.Runner(loop_factory=lambda: new_loop(use_uvloop)) as runner, \
+            nodosum_pair(use_uvloop) as (node, app, pipe):
+        print(f"  raw baseline loop: {type(runner.get_loop()).__module__}.{type(runner.get_loop()).__name__}")
+        for i in range(n_rounds):
+            raw = runner.run(raw_aioquic(requests, pipelined))
+            ours = nodosum_round(app, pipe, requests, duration)
+            rounds.append(raw + ours)
+            print(f"  round {i + 1}/{n_rounds}: " + ", ".join(f"{r.rps:,.0f}/s" for r in rounds[-1]))
+        stats = node.stats()
+    report(rounds)
+    print(f"\nclient node counters: {({k: v for k, v in stats.items() if v}) or 'all zero'}")
     return 0
 
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from nodosum import (
+    BackpressureError,
     ApplicationError,
     MessageTooLarge,
     NodeUnreachable,
@@ -371,3 +372,41 @@ def test_simultaneous_dials_end_with_one_connection(ca):
     finally:
         for node in nodes:
             node.shutdown()
+
+
+def test_sender_gets_backpressure_when_peer_stalls(make_cluster):
+    a, b = make_cluster(["bp-a", "bp-b"], max_queued_bytes=1024 * 1024)
+    app_a = a.register_application("bulk")
+    got: list[int] = []
+    b.register_application("bulk").set_receive_handler(lambda p, s: got.append(len(p)))
+    stalled = threading.Event()
+    release = threading.Event()
+
+    def stall() -> None:  # b's loop stops reading and acknowledging
+        stalled.set()
+        release.wait(20)
+
+    b._loop.loop.call_soon_threadsafe(stall)
+    assert stalled.wait(5)
+    chunk = b"z" * 256 * 1024
+    sent = 0
+    try:
+        with pytest.raises(BackpressureError):
+            for _ in range(200):  # 50 MB, far more than flow control lets through
+                app_a.send(chunk, ["bp-b"])
+                sent += 1
+    finally:
+        release.set()
+    assert 4 <= sent < 200
+    # once b catches up, everything accepted arrives and sending works again
+    assert wait_for(lambda: len(got) == sent, timeout=30)
+    app_a.send(b"again", ["bp-b"])
+    assert wait_for(lambda: len(got) == sent + 1)
+
+
+def test_idle_connection_is_kept_alive(make_cluster):
+    a, b = make_cluster(["ka-a", "ka-b"], idle_timeout=1.0, keepalive_interval=0.25)
+    conn = a._loop.call(lambda: a._messaging.peers["ka-b"].conn)
+    time.sleep(3)  # three idle timeouts with no application traffic (what is tested is idleness itself)
+    assert a._loop.call(lambda: a._messaging.peers["ka-b"].conn) is conn
+    assert not conn.closed

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..bridge import LoopThread
-from ..errors import FrameError, NodeUnreachable, RemoteError
+from ..errors import BackpressureError, FrameError, NodeUnreachable, RemoteError
 from ..membership import Member, MemberEvent, MemberEventKind
 from ..metrics import Counters
 from .frames import (
@@ -142,14 +142,15 @@ class Messaging:
     """Connections per peer, streams, requests and their responses."""
 
     def __init__(self, node_id: str, loop_thread: LoopThread, handlers: HandlerSource, counters: Counters, *,
-                 max_frame_size: int, max_pending_requests: int, reconnect_min: float, reconnect_max: float,
-                 on_connected: Callable[[str], None] | None = None) -> None:
+                 max_frame_size: int, max_pending_requests: int, max_queued_bytes: int,
+                 reconnect_min: float, reconnect_max: float, on_connected: Callable[[str], None] | None = None) -> None:
         self.node_id = node_id
         self.loop_thread = loop_thread
         self.handlers = handlers
         self.counters = counters
         self.max_frame_size = max_frame_size
         self.max_pending_requests = max_pending_requests
+        self.max_queued_bytes = max_queued_bytes
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.on_connected = on_connected
@@ -489,6 +490,9 @@ class Messaging:
                 resolve(fut, error=NodeUnreachable("too many requests in flight"))
                 return
             stream = self.outbound_stream(conn, app_id, name)
+            if conn.backlog(stream.stream_id) > self.max_queued_bytes:
+                resolve(fut, error=self._backpressure(conn))
+                return
             self.pending[correlation_id] = (fut, conn)
             conn.send(stream.stream_id, frame)
 
@@ -504,25 +508,43 @@ class Messaging:
         if unknown:
             resolve(fut, error=NodeUnreachable(f"not members of this cluster: {', '.join(map(repr, unknown))}"))
             return
+        refused: list[str] = []
         for node_id in node_ids:
             peer = self.peers[node_id]
 
-            def send(conn: PeerConnection) -> None:
-                conn.send(self.outbound_stream(conn, app_id, name).stream_id, frame)
+            def send(conn: PeerConnection) -> bool:
+                stream_id = self.outbound_stream(conn, app_id, name).stream_id
+                if conn.backlog(stream_id) > self.max_queued_bytes:
+                    return False
+                conn.send(stream_id, frame)
+                return True
 
             if peer.conn is not None:
-                send(peer.conn)
+                if not send(peer.conn):
+                    refused.append(node_id)
             else:
                 # queued until connected; a failure is counted, not raised, as for any one-way message
                 waiter: concurrent.futures.Future[None] = concurrent.futures.Future()
                 waiter.add_done_callback(self._count_lost_send)
 
                 def send_later(conn: PeerConnection, waiter: concurrent.futures.Future[None] = waiter) -> None:
-                    send(conn)
-                    resolve(waiter, None)
+                    if send(conn):
+                        resolve(waiter, None)
+                    else:
+                        resolve(waiter, error=self._backpressure(conn))
 
                 self.with_connection(node_id, waiter, send_later)
-        resolve(fut, None)
+        if refused:
+            resolve(fut, error=BackpressureError(
+                f"send queue to {', '.join(map(repr, refused))} is over max_queued_bytes "
+                f"({self.max_queued_bytes}): the peer is not keeping up"))
+        else:
+            resolve(fut, None)
+
+    def _backpressure(self, conn: PeerConnection) -> BackpressureError:
+        self.counters.inc("backpressure_refusals")
+        return BackpressureError(f"send queue to {conn.node_id!r} is over max_queued_bytes "
+                                 f"({self.max_queued_bytes}): the peer is not keeping up")
 
     def _count_lost_send(self, fut: concurrent.futures.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:

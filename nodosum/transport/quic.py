@@ -111,6 +111,17 @@ class PeerConnection:
         self.quic.send_stream_data(stream_id, data, end_stream)
         self.endpoint.mark_dirty(self)
 
+    def backlog(self, stream_id: int) -> int:
+        """Bytes written to a stream and not yet acknowledged by the peer.
+
+        aioquic has no send-side backpressure, so callers check this (it reads
+        aioquic's stream sender, hence the pinned minor version)."""
+        stream = self.quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start
+
     def abort_stream(self, stream_id: int, error_code: int) -> None:
         """Reset our side of a stream and ask the peer to stop sending on it."""
         try:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from .errors import FrameError, MessageTooLarge, NodeUnreachable, RemoteError, RequestTimeout
 from .transport.frames import Response, encode_request
+from .transport.messaging import resolve
 
 if TYPE_CHECKING:
     from .node import Node
@@ -42,6 +43,7 @@ class Application:
         self._receive_handlers: dict[str, ReceiveHandler] = {}
         self._default_receive: ReceiveHandler | None = None
         self._request_handler: RequestHandler | None = None
+        self._request_inline = False
 
     def __repr__(self) -> str:
         return f"<Application {self.app_id!r} on {self._node.node_id!r}>"
@@ -61,12 +63,16 @@ class Application:
         else:
             self._receive_handlers[stream] = handler
 
-    def set_request_handler(self, handler: RequestHandler | None) -> None:
+    def set_request_handler(self, handler: RequestHandler | None, *, inline: bool = False) -> None:
         """Answer requests with ``handler(payload, sender_id) -> bytes``.
 
         If the handler raises, the caller gets :class:`~nodosum.errors.RemoteError`
-        with the exception's type and message.
+        with the exception's type and message. Handlers run on the worker pool,
+        concurrently. ``inline=True`` runs the handler on the event-loop thread
+        instead, saving two thread hops per request: only for short handlers that
+        never block (a blocking nodosum call there raises LoopThreadError).
         """
+        self._request_inline = inline
         self._request_handler = handler
 
     def receive_handler(self, stream: str) -> ReceiveHandler | None:
@@ -75,6 +81,10 @@ class Application:
     @property
     def request_handler(self) -> RequestHandler | None:
         return self._request_handler
+
+    @property
+    def request_handler_inline(self) -> bool:
+        return self._request_inline
 
     # -- operations ------------------------------------------------------------------
     def nodes(self) -> list[str]:
@@ -145,6 +155,51 @@ class Application:
                 loop.call_soon(node._messaging.cancel_request, correlation_id)
                 raise RequestTimeout(f"no response from {node_id!r} within {timeout}s") from None
             return fut.result(0)  # type: ignore[no-any-return]
+
+    def request_future(self, payload: bytes, node_id: str, timeout: float | None = None, *,
+                       stream: str = DEFAULT_STREAM) -> concurrent.futures.Future[bytes]:
+        """Start a request without blocking; the future gets the response or the error.
+
+        The future fails with RequestTimeout after ``timeout`` seconds (default:
+        ``request_timeout``). Use it to have many requests in flight from one thread.
+        """
+        data = _as_bytes(payload)
+        node = self._node
+        if timeout is None:
+            timeout = node.config.request_timeout
+        correlation_id = next(node._correlation_ids)
+        if node_id == node.node_id:
+            return self._request_local_future(data, correlation_id, timeout)
+        try:
+            frame = encode_request(correlation_id, data, max_frame_size=node.config.max_frame_size)
+        except FrameError as exc:
+            raise MessageTooLarge(str(exc)) from None
+        return node._loop.submit(node._messaging.start_request, node_id, self.app_id, stream, correlation_id,
+                                 frame, timeout)
+
+    def _request_local_future(self, data: bytes, correlation_id: int,
+                              timeout: float) -> concurrent.futures.Future[bytes]:
+        node = self._node
+        result: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        handler = self._request_handler
+        if handler is None:
+            result.set_exception(RemoteError(
+                f"application {self.app_id!r} on node {node.node_id!r} has no request handler", node.node_id))
+            return result
+        work = node._loop.run_in_worker_future(node._messaging.run_handler, handler, data, node.node_id,
+                                               correlation_id)
+
+        def finish(done: concurrent.futures.Future[bytes]) -> None:
+            frame = _decode_response(done.result())
+            if frame.error is not None:
+                resolve(result, error=RemoteError(frame.error, node.node_id))
+            else:
+                resolve(result, frame.payload)
+
+        work.add_done_callback(finish)
+        timed_out = RequestTimeout(f"no response from local handler within {timeout}s")
+        node._loop.call_soon(lambda: node._loop.loop.call_later(timeout, resolve, result, None, timed_out))
+        return result
 
     def _request_local(self, data: bytes, correlation_id: int, timeout: float) -> bytes:
         node = self._node

@@ -294,9 +294,11 @@ class Node:
         app = self._apps.get(app_id)
         return None if app is None else app.receive_handler(stream_name)
 
-    def request_handler(self, app_id: str) -> RequestHandler | None:
+    def request_handler(self, app_id: str) -> tuple[RequestHandler, bool] | None:
         app = self._apps.get(app_id)
-        return None if app is None else app.request_handler
+        if app is None or app.request_handler is None:
+            return None
+        return app.request_handler, app.request_handler_inline
 
     def has_application(self, app_id: str) -> bool:
         return app_id in self._apps

@@ -410,3 +410,52 @@ def test_idle_connection_is_kept_alive(make_cluster):
     time.sleep(3)  # three idle timeouts with no application traffic (what is tested is idleness itself)
     assert a._loop.call(lambda: a._messaging.peers["ka-b"].conn) is conn
     assert not conn.closed
+
+
+def test_request_future_keeps_many_in_flight_from_one_thread(cluster3):
+    apps = echo_apps(cluster3)
+    futures = [apps["a"].request_future(str(i).encode(), "bc"[i % 2], timeout=10) for i in range(500)]
+    futures.append(apps["a"].request_future(b"self", "a"))
+    results = [f.result(20) for f in futures]
+    assert results[:500] == [f"{'bc'[i % 2]}<-a:{i}".encode() for i in range(500)]
+    assert results[500] == b"a<-a:self"
+
+
+def test_request_future_times_out_and_fails_fast_for_unknown_node(cluster3):
+    a, b, _ = cluster3
+    app_a = a.register_application("f")
+    release = threading.Event()
+    b.register_application("f").set_request_handler(lambda p, s: (release.wait(10), b"")[1])
+    start = time.monotonic()
+    fut = app_a.request_future(b"x", "b", timeout=0.3)
+    with pytest.raises(RequestTimeout):
+        fut.result(5)
+    assert time.monotonic() - start < 2
+    release.set()
+    with pytest.raises(NodeUnreachable):
+        app_a.request_future(b"x", "nobody").result(5)
+    a.application("f").set_request_handler(lambda p, s: (release.wait(10), b"")[1])
+    release.clear()
+    with pytest.raises(RequestTimeout):
+        app_a.request_future(b"x", "a", timeout=0.3).result(5)
+    release.set()
+
+
+def test_inline_handler_answers_and_cannot_block(cluster3):
+    a, b, _ = cluster3
+    app_a = a.register_application("inline")
+    app_b = b.register_application("inline")
+    threads: list[str] = []
+
+    def handler(payload: bytes, sender: str) -> bytes:
+        threads.append(threading.current_thread().name)
+        if payload == b"block":
+            return app_b.request(b"x", "a")  # a blocking call on the loop thread
+        return payload[::-1]
+
+    app_b.set_request_handler(handler, inline=True)
+    assert app_a.request(b"abc", "b") == b"cba"
+    assert threads == ["nodosum-b-loop"]
+    with pytest.raises(RemoteError, match="LoopThreadError"):
+        app_a.request(b"block", "b")
+    assert app_a.request(b"still fine", "b") == b"enif llits"

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..bridge import LoopThread
-from ..errors import BackpressureError, FrameError, NodeUnreachable, RemoteError
+from ..errors import BackpressureError, FrameError, NodeUnreachable, RemoteError, RequestTimeout
 from ..membership import Member, MemberEvent, MemberEventKind
 from ..metrics import Counters
 from .frames import (
@@ -59,7 +59,8 @@ class HandlerSource(Protocol):
 
     def receive_handler(self, app_id: str, stream_name: str) -> ReceiveHandler | None: ...
 
-    def request_handler(self, app_id: str) -> RequestHandler | None: ...
+    def request_handler(self, app_id: str) -> tuple[RequestHandler, bool] | None:
+        """The handler and whether it runs inline on the loop thread."""
 
     def has_application(self, app_id: str) -> bool: ...
 
@@ -157,7 +158,8 @@ class Messaging:
         self.endpoint: QuicEndpoint | None = None
         self.registry = StreamRegistry()
         self.peers: dict[str, PeerState] = {}
-        self.pending: dict[int, tuple[concurrent.futures.Future[bytes], PeerConnection]] = {}
+        # correlation id -> (future, connection, expiry timer or None)
+        self.pending: dict[int, tuple[concurrent.futures.Future[bytes], PeerConnection, Any]] = {}
         self._closing = False
 
     @property
@@ -282,17 +284,19 @@ class Messaging:
     def _close_retired(self, peer: PeerState, conn: PeerConnection) -> None:
         if conn.closed:
             return
-        if any(c is conn for _, c in self.pending.values()):
+        if any(c is conn for _, c, _ in self.pending.values()):
             self.loop.call_later(RETIRE_GRACE, self._close_retired, peer, conn)
             return
         conn.close(ERR_DUPLICATE, "duplicate connection")
 
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
         self.registry.close_connection(conn)
-        lost = [cid for cid, (_, c) in self.pending.items() if c is conn]
+        lost = [cid for cid, (_, c, _) in self.pending.items() if c is conn]
         who = conn.node_id or conn.expected_node_id
         for cid in lost:
-            fut, _ = self.pending.pop(cid)
+            fut, _, timer = self.pending.pop(cid)
+            if timer is not None:
+                timer.cancel()
             resolve(fut, error=NodeUnreachable(f"connection to {who!r} lost: {reason}"))
         if isinstance(conn.user, ConnState):
             conn.user.streams.clear()
@@ -379,6 +383,8 @@ class Messaging:
                     self.pending[frame.correlation_id] = entry
                 self.counters.inc("responses_unmatched")
                 return
+            if entry[2] is not None:
+                entry[2].cancel()
             if frame.error is None:
                 resolve(entry[0], frame.payload)
             else:
@@ -402,13 +408,18 @@ class Messaging:
 
     # -- inbound dispatch ------------------------------------------------------------------------
     def _dispatch_request(self, conn: PeerConnection, stream_id: int, app_id: str, frame: Request) -> None:
-        handler = self.handlers.request_handler(app_id)
-        if handler is None:
+        found = self.handlers.request_handler(app_id)
+        if found is None:
             if self.handlers.has_application(app_id):
                 message = f"application {app_id!r} on node {self.node_id!r} has no request handler"
             else:
                 message = f"no application {app_id!r} on node {self.node_id!r}"
             conn.send(stream_id, encode_error_response(frame.correlation_id, message))
+            return
+        handler, inline = found
+        if inline:
+            assert conn.node_id is not None
+            conn.send(stream_id, self.run_handler(handler, frame.payload, conn.node_id, frame.correlation_id))
             return
         self.loop_thread.run_in_worker(self._run_request, handler, frame.payload, conn, stream_id,
                                        frame.correlation_id)
@@ -481,25 +492,38 @@ class Messaging:
 
     # -- outbound operations (loop thread, from the bridge) ------------------------------------------
     def start_request(self, fut: concurrent.futures.Future[bytes], node_id: str, app_id: str, name: str,
-                      correlation_id: int, frame: bytes) -> None:
+                      correlation_id: int, frame: bytes, timeout: float | None = None) -> None:
+        """Send a REQUEST; ``fut`` gets the response. With ``timeout`` a loop timer
+        fails it with RequestTimeout (blocking callers time out on their own side)."""
+        timer = None
+        if timeout is not None:
+            timer = self.loop.call_later(timeout, self._expire, fut, correlation_id, node_id, timeout)
+
         def send(conn: PeerConnection) -> None:
             if fut.done():
                 return
             if len(self.pending) >= self.max_pending_requests:
                 self.counters.inc("backpressure_refusals")
-                resolve(fut, error=NodeUnreachable("too many requests in flight"))
+                resolve(fut, error=BackpressureError(f"{len(self.pending)} requests in flight (max_pending_requests)"))
                 return
             stream = self.outbound_stream(conn, app_id, name)
             if conn.backlog(stream.stream_id) > self.max_queued_bytes:
                 resolve(fut, error=self._backpressure(conn))
                 return
-            self.pending[correlation_id] = (fut, conn)
+            self.pending[correlation_id] = (fut, conn, timer)
             conn.send(stream.stream_id, frame)
 
         self.with_connection(node_id, fut, send)
 
-    def cancel_request(self, correlation_id: int) -> None:
+    def _expire(self, fut: concurrent.futures.Future[bytes], correlation_id: int, node_id: str,
+                timeout: float) -> None:
         self.pending.pop(correlation_id, None)
+        resolve(fut, error=RequestTimeout(f"no response from {node_id!r} within {timeout}s"))
+
+    def cancel_request(self, correlation_id: int) -> None:
+        entry = self.pending.pop(correlation_id, None)
+        if entry is not None and entry[2] is not None:
+            entry[2].cancel()
 
     def start_send(self, fut: concurrent.futures.Future[None], node_ids: list[str], app_id: str, name: str,
                    payload: bytes) -> None:
@@ -564,6 +588,8 @@ class Messaging:
         for peer in self.peers.values():
             self._cancel_redial(peer)
             self._fail_waiters(peer, "node is shutting down")
-        for fut, _ in self.pending.values():
+        for fut, _, timer in self.pending.values():
+            if timer is not None:
+                timer.cancel()
             resolve(fut, error=NodeUnreachable("node is shutting down"))
         self.pending.clear()

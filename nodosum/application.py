@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from .bridge import Waiter
 from .errors import FrameError, MessageTooLarge, NodeUnreachable, RemoteError, RequestTimeout
 from .transport.frames import Response, encode_request
 from .transport.messaging import resolve
@@ -147,14 +148,15 @@ class Application:
         except FrameError as exc:
             raise MessageTooLarge(str(exc)) from None
         loop = node._loop
-        fut = loop.submit(node._messaging.start_request, node_id, self.app_id, stream, correlation_id, frame)
+        waiter = Waiter()
+        loop.post(node._messaging.start_request, waiter, node_id, self.app_id, stream, correlation_id, frame)
         try:
-            return fut.result(timeout)  # type: ignore[no-any-return]
-        except concurrent.futures.TimeoutError:
-            if fut.cancel() or not fut.done():
+            return waiter.result(timeout)  # type: ignore[no-any-return]
+        except TimeoutError:
+            if waiter.abandon():
                 loop.call_soon(node._messaging.cancel_request, correlation_id)
                 raise RequestTimeout(f"no response from {node_id!r} within {timeout}s") from None
-            return fut.result(0)  # type: ignore[no-any-return]
+            return waiter.result(0)  # type: ignore[no-any-return]
 
     def request_future(self, payload: bytes, node_id: str, timeout: float | None = None, *,
                        stream: str = DEFAULT_STREAM) -> concurrent.futures.Future[bytes]:

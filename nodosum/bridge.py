@@ -9,6 +9,7 @@ three times cheaper than ``run_coroutine_threadsafe`` here.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import concurrent.futures
 import logging
@@ -33,6 +34,53 @@ def _new_loop(use_uvloop: bool | None) -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+class Waiter:
+    """A one-shot result for one blocking caller, completed from the loop thread.
+
+    Cheaper than ``concurrent.futures.Future`` (a bare lock instead of a Condition,
+    no callbacks), which matters on the request path. It has the subset of the
+    Future interface that the transport uses: done, set_result, set_exception.
+    """
+
+    __slots__ = ("_lock", "_value", "_error", "_done", "_abandoned")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._done = False
+        self._abandoned = False
+
+    def done(self) -> bool:
+        return self._done or self._abandoned
+
+    def set_result(self, value: Any) -> None:
+        if not self._done:
+            self._value = value
+            self._done = True
+            self._lock.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._done:
+            self._error = error
+            self._done = True
+            self._lock.release()
+
+    def abandon(self) -> bool:
+        """The caller stops waiting; True if no result had arrived."""
+        self._abandoned = True
+        return not self._done
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the result; raises TimeoutError if none comes within ``timeout``."""
+        if not self._done and not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class LoopThread:
@@ -136,6 +184,10 @@ class LoopThread:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         loop.call_soon_threadsafe(fn, fut, *args)
         return fut
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)`` on the loop from a caller thread (checked, not waited for)."""
+        self._check_caller().call_soon_threadsafe(fn, *args)
 
     def run_coroutine(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop (for rare operations: start, stop)."""

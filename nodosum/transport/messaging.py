@@ -65,8 +65,8 @@ class HandlerSource(Protocol):
     def has_application(self, app_id: str) -> bool: ...
 
 
-def resolve(fut: concurrent.futures.Future[Any], value: Any = None, error: BaseException | None = None) -> None:
-    """Complete ``fut`` unless its caller already gave up on it."""
+def resolve(fut: Any, value: Any = None, error: BaseException | None = None) -> None:
+    """Complete ``fut`` (a concurrent Future or a Waiter) unless its caller gave up on it."""
     if fut.done():
         return
     try:

@@ -355,14 +355,15 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         if transport is not None:
             for data, addr in quic.datagrams_to_send(self.loop.time()):
                 transport.sendto(data, addr)
+        # Re-arm only when the timer moves earlier: aioquic's timers mostly move later
+        # (each ACK pushes loss detection back), and firing early is a no-op for
+        # handle_timer, after which _on_timer re-arms at the right time.
         timer_at = quic.get_timer()
-        if timer_at != conn._timer_at:
+        if timer_at is not None and (conn._timer_at is None or timer_at < conn._timer_at):
             if conn._timer_handle is not None:
                 conn._timer_handle.cancel()
-                conn._timer_handle = None
             conn._timer_at = timer_at
-            if timer_at is not None:
-                conn._timer_handle = self.loop.call_at(timer_at, self._on_timer, conn)
+            conn._timer_handle = self.loop.call_at(timer_at, self._on_timer, conn)
 
     def _on_timer(self, conn: PeerConnection) -> None:
         conn._timer_handle = None

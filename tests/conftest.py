@@ -60,7 +60,7 @@ def cluster3(make_cluster: Callable[..., list[Node]]) -> list[Node]:
 
 
 def node_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("nodosum-")]
+    return [t for t in threading.enumerate() if t.name.startswith(("nodosum-", "mycel-"))]
 
 
 def open_sockets() -> int:
@@ -87,5 +87,10 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
 
 @pytest.fixture(autouse=True)
 def no_leaked_node_threads() -> Iterator[None]:
+    before = set(node_threads())
     yield
-    assert wait_for(lambda: not node_threads(), timeout=10), f"leaked threads: {node_threads()}"
+
+    def leaked() -> list[threading.Thread]:
+        return [t for t in node_threads() if t not in before]
+
+    assert wait_for(lambda: not leaked(), timeout=10), f"leaked threads: {leaked()}"

@@ -56,6 +56,7 @@ APP_ID = "mycel"
 PRIMARY_APP_ID = "mycel.primary"
 _MISSING: Any = object()
 MAINTENANCE_INTERVAL = 1.0
+SWEEP_INTERVAL = 5.0  # seconds before retrying an incomplete handoff
 
 
 class Cache:
@@ -90,11 +91,13 @@ class Cache:
         self._hints = Hints()
         self._replicator = Replicator(self._app, self._store, self.node_id, self._hints,
                                       timeout=remote_timeout, apply_local=self._apply_local)
-        self._placement = Placement(self._app.nodes())
+        self._placement = Placement(self._app.nodes())  # for routing; follows members at once
         self._placement_lock = threading.Lock()
+        self._owned_placement = self._placement  # as of the last rebalance: what this node's keys follow
         self._counts: dict[str, int] = defaultdict(int)
         self._closed = threading.Event()
         self._rebalance_lock = threading.Lock()
+        self._sweep_due: float | None = None
         self._app.set_request_handler(self._handle, inline=True)
         self._primary_app.set_request_handler(self._handle_primary)
         node.on_member_event(self._member_event)
@@ -483,18 +486,21 @@ class Cache:
     def rebalance(self) -> int:
         """Hand keys whose replica set changed to their new holders; returns keys sent."""
         with self._rebalance_lock:
-            old = self._placement
+            old = self._owned_placement
             new = Placement(self._app.nodes())
-            if set(old.members) == set(new.members):
+            if old == new:
                 return 0
-            self._placement = new
+            self._owned_placement = new
             return self._handoff(old, new)
 
     def _handoff(self, old: Placement, new: Placement) -> int:
         sends, drops = handoff_plan(self._store, self.node_id, old, new, self.replicas, time.monotonic())
         if not sends:
             return 0
+        self._sync_buckets(sends, wait=True)  # a new member may not know the buckets yet
         complete = deliver_handoff(self._replicator, sends)
+        if len(complete) < len(sends):
+            self._sweep_due = time.monotonic() + SWEEP_INTERVAL
         for bucket, key, targets in drops:
             if all(t in complete for t in targets):
                 self._store.remove(bucket, key)
@@ -508,6 +514,11 @@ class Cache:
         while not self._closed.wait(MAINTENANCE_INTERVAL):
             try:
                 self._store.expire()
+                if self._sweep_due is not None and time.monotonic() >= self._sweep_due:
+                    self._sweep_due = None
+                    with self._rebalance_lock:
+                        # keys a failed handoff left here: send them on and drop them
+                        self._handoff(self._owned_placement, self._owned_placement)
                 if len(self._hints):
                     self._counts["hints_replayed"] += self._replicator.replay_hints(set(self._app.nodes()))
             except (MycelError, NodosumError) as exc:

@@ -223,7 +223,8 @@ def test_new_member_receives_its_keys(make_caches, make_cluster, ca):
         placement = Placement([c.node_id for c in caches] + ["m9"])
         owned = [k for k in keys if "m9" in placement.replicas("grow", k, 2)]
         assert owned
-        assert wait_for(lambda: all(newcomer._store.peek("grow", k) is not None for k in owned), timeout=20)
+        assert wait_for(lambda: newcomer._store.has_bucket("grow")
+                        and all(newcomer._store.peek("grow", k) is not None for k in owned), timeout=20)
         # keys that moved away from an old node are dropped there
         for cache in caches:
             for k in keys:

@@ -240,36 +240,31 @@ class _Reader:
         self.data = data
         self.pos = 0
 
-    def need(self, size: int) -> None:
-        if self.pos + size > len(self.data):
-            raise GossipDecodeError(f"truncated message (need {size} bytes at offset {self.pos})")
-
+    # Out-of-range reads raise IndexError / struct.error, which decode() turns into
+    # GossipDecodeError; only raw() must check explicitly (slices never fail).
     def u8(self) -> int:
-        self.need(1)
         value = self.data[self.pos]
         self.pos += 1
         return value
 
     def u16(self) -> int:
-        self.need(2)
         (value,) = _U16.unpack_from(self.data, self.pos)
         self.pos += 2
         return int(value)
 
     def u32(self) -> int:
-        self.need(4)
         (value,) = _U32.unpack_from(self.data, self.pos)
         self.pos += 4
         return int(value)
 
     def u64(self) -> int:
-        self.need(8)
         (value,) = _U64.unpack_from(self.data, self.pos)
         self.pos += 8
         return int(value)
 
     def raw(self, size: int) -> bytes:
-        self.need(size)
+        if self.pos + size > len(self.data):
+            raise GossipDecodeError(f"truncated message (need {size} bytes at offset {self.pos})")
         value = self.data[self.pos : self.pos + size]
         self.pos += size
         return value

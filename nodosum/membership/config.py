@@ -27,6 +27,7 @@ _LIMITS: dict[str, tuple[str, float, float]] = {
     "reconnect_interval": ("float", 0.0, 7 * 86400.0),
     "reconnect_timeout": ("float", 0.0, 365 * 86400.0),
     "greet_new_members": ("bool", 0, 1),
+    "suspicion_checks": ("int", 0, 10),
 }
 
 
@@ -41,8 +42,13 @@ class SwimConfig:
     Beyond memberlist: ``reconnect_interval`` / ``reconnect_timeout`` (as in
     Serf: failed members are retried with a push-pull so a healed partition
     merges back), ``max_meta_size`` (encoded user metadata limit) and
-    ``greet_new_members`` (send our own alive straight to a member that just
-    joined, so gossip-only joins and partition heals converge quickly).
+    ``greet_new_members`` (send our own alive straight to every member that
+    joins: sub-second convergence for gossip-only deployments, at the price of
+    O(N^2) packets when N nodes start at once; off by default, as push-pull
+    gives the same result) and
+    ``suspicion_checks`` (before a suspicion expires, send the suspect that
+    many direct "you are suspected" messages, one probe interval apart, so a
+    live node that we missed refuting gets another chance; 0 = memberlist).
     """
 
     probe_interval: float = 1.0
@@ -61,7 +67,8 @@ class SwimConfig:
     max_meta_size: int = 512
     reconnect_interval: float = 30.0
     reconnect_timeout: float = 24 * 3600.0
-    greet_new_members: bool = True
+    greet_new_members: bool = False
+    suspicion_checks: int = 3
 
     def __post_init__(self) -> None:
         for name, (kind, low, high) in _LIMITS.items():

@@ -22,12 +22,35 @@ from .base import Member, MemberEventKind
 from .codec import NodeStatus
 from .config import SwimConfig
 from .keyring import Keyring
+from .suspicion import suspicion_timeout
 from .swim import Address, Swim
 
 logger = logging.getLogger(__name__)
 
 _DELIVER, _TICK, _CALL = 0, 1, 2
 _MAX_SAME_TIME_TICKS = 10_000
+
+
+def detection_bound(config: SwimConfig, n: int) -> float:
+    """Worst case, without loss, for *every* member to declare a killed member dead.
+
+    * Randomised round robin: each member probes each other member once per round
+      of ``n - 1`` probes, so whatever the phase, it probes the victim within two
+      rounds: ``2 (n - 1)`` probe intervals.
+    * That probe fails (direct, then indirect) one probe interval after it starts.
+    * The suspicion timer starts at its maximum, ``suspicion_max_timeout_mult *
+      suspicion_mult * max(1, log10 n) * probe_interval``, and only shrinks with
+      confirmations; a late confirmation keeps ``suspicion_checks`` probe intervals
+      for the direct checks, so add those.
+
+    Each member's own probe thus bounds its detection, whatever gossip does:
+    ``(2 (n - 1) + 1 + suspicion_checks) * probe_interval + max suspicion timeout``.
+    In practice (many probers, Lifeguard confirmations) detection takes about the
+    *minimum* suspicion timeout plus a probe interval or two.
+    """
+    min_timeout = suspicion_timeout(config.suspicion_mult, n, config.probe_interval)
+    rounds = 2 * (n - 1) + 1 + config.suspicion_checks
+    return rounds * config.probe_interval + config.suspicion_max_timeout_mult * min_timeout
 
 
 @dataclass(frozen=True)
@@ -232,6 +255,10 @@ class Simulation:
 
     def status_view(self, observer: str) -> dict[str, NodeStatus]:
         return {s.member.node_id: s.status for s in self.nodes[observer].swim.member_states()}
+
+    def views(self) -> dict[str, dict[str, NodeStatus]]:
+        """Every live node's view of every member it knows, at the current simulated time."""
+        return {node_id: self.status_view(node_id) for node_id in self.live_ids()}
 
     def status(self, observer: str, member: str) -> NodeStatus | None:
         return self.nodes[observer].swim.status_of(member)

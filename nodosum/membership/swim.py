@@ -16,7 +16,15 @@ Adapter contract
   ``local_state(join)``; the responder calls ``merge_remote_state(blob, now)``
   and answers with its ``local_state()``; the initiator merges the answer.
 * join: push-pull with ``join=True`` against a seed, or ``join(addresses)`` to
-  join by gossip only (a ping to the seed address; retried while alone).
+  join by gossip (a ping to the seed address, retried while alone; once the
+  seed answers, a push-pull with it is requested, unless push-pull is off).
+* leave: ``leave(now)``, keep ticking and sending until ``leave_complete`` (or
+  a timeout of a few gossip intervals), then stop.
+
+Events: JOIN when a member appears or comes back from dead/left, UPDATE when
+its metadata or address changes, FAIL when it is declared dead (suspicion
+timed out), LEAVE when it announced a graceful leave. Suspicion is not an
+event: a suspect is still a member.
 """
 
 from __future__ import annotations
@@ -58,15 +66,14 @@ from .config import SwimConfig
 from .errors import GossipDecodeError, GossipDecryptError
 from .keyring import ENCRYPT_OVERHEAD, Keyring
 from .meta import decode_meta, encode_meta
+from .state import MAX_INCARNATION, Address, MemberState, NodeState, check_local, push_pull_scale
 from .suspicion import Suspicion, suspicion_timeout
+
+__all__ = ["COUNTERS", "Address", "MemberState", "Swim", "push_pull_scale"]
 
 logger = logging.getLogger(__name__)
 
-Address = tuple[str, int]
-
 ALIVE, SUSPECT, DEAD, LEFT = NodeStatus.ALIVE, NodeStatus.SUSPECT, NodeStatus.DEAD, NodeStatus.LEFT
-MAX_INCARNATION = 2**64 - 1
-PUSH_PULL_SCALE_THRESHOLD = 32
 
 COUNTERS = (
     "packets_received", "packets_sent", "decrypt_errors", "decode_errors", "label_errors",
@@ -74,42 +81,6 @@ COUNTERS = (
     "probes", "probe_failures", "indirect_probes", "suspects_raised", "refutes", "push_pulls_merged",
     "push_pull_errors", "stale_notices", "greetings",
 )  # fmt: skip
-
-
-def push_pull_scale(interval: float, n: int) -> float:
-    """memberlist's push-pull interval scaling: unchanged up to 32 nodes, then +1x per doubling."""
-    if n <= PUSH_PULL_SCALE_THRESHOLD:
-        return interval
-    return interval * (math.ceil(math.log2(n) - math.log2(PUSH_PULL_SCALE_THRESHOLD)) + 1.0)
-
-
-@dataclass(frozen=True)
-class MemberState:
-    """A snapshot of what this node believes about one member (for debugging and tests)."""
-
-    member: Member
-    status: NodeStatus
-    incarnation: int
-    since: float
-
-
-@dataclass(slots=True)
-class _Node:
-    node_id: str
-    host: str
-    port: int
-    meta: bytes
-    meta_dict: dict[str, Any]
-    incarnation: int
-    status: NodeStatus
-    state_change: float
-
-    @property
-    def address(self) -> Address:
-        return (self.host, self.port)
-
-    def member(self) -> Member:
-        return Member(self.node_id, self.host, self.port, dict(self.meta_dict))
 
 
 @dataclass(slots=True)
@@ -149,7 +120,7 @@ class Swim:
         """``incarnation`` seeds the local incarnation number: an adapter may pass a value
         derived from the wall clock so that a restarted node outranks its former self at
         once; with 0 the restarted node still rejoins by refuting what peers tell it."""
-        _check_local(local, label, incarnation)
+        check_local(local, label, incarnation)
         self.config = config
         self._rng = rng
         self._keyring = keyring
@@ -158,8 +129,8 @@ class Swim:
         self._now = now
         self._incarnation = incarnation
         meta_raw = encode_meta(local.meta, config.max_meta_size)
-        me = _Node(local.node_id, local.host, local.port, meta_raw, dict(local.meta), incarnation, ALIVE, now)
-        self._nodes: dict[str, _Node] = {local.node_id: me}
+        me = NodeState(local.node_id, local.host, local.port, meta_raw, dict(local.meta), incarnation, ALIVE, now)
+        self._nodes: dict[str, NodeState] = {local.node_id: me}
         self._probe_list: list[str] = []
         self._probe_index = 0
         self._seq = rng.randrange(2**32)
@@ -171,6 +142,7 @@ class Swim:
         self._relays: dict[int, _Relay] = {}
         self._failed: dict[str, tuple[Member, float]] = {}
         self._notified: dict[str, float] = {}
+        self._corrected: dict[Address, float] = {}
         self._seeds: list[Address] = []
         self._out: list[tuple[bytes, Address]] = []
         self._events: list[MemberEvent] = []
@@ -236,6 +208,11 @@ class Swim:
     def member_states(self) -> list[MemberState]:
         """Every known node, dead and left ones included until they are reaped."""
         return [MemberState(n.member(), n.status, n.incarnation, n.state_change) for n in self._nodes.values()]
+
+    def is_member(self, node_id: str) -> bool:
+        """True if ``node_id`` is alive or suspect in this node's view."""
+        node = self._nodes.get(node_id)
+        return node is not None and node.status <= SUSPECT
 
     def status_of(self, node_id: str) -> NodeStatus | None:
         node = self._nodes.get(node_id)
@@ -311,6 +288,8 @@ class Swim:
             for node_id, susp in list(self._suspicions.items()):
                 if now >= susp.deadline:
                     self._suspicion_expired(node_id, susp, now)
+                elif now >= self._next_check(susp):
+                    self._check_suspect(node_id, susp)
         if now >= self._next_gossip and self._broadcasts and cfg.gossip_nodes:
             self._next_gossip = now + cfg.gossip_interval
             self._gossip(now)
@@ -333,7 +312,7 @@ class Swim:
         if self._relays:
             times.append(min(r.deadline for r in self._relays.values()))
         if self._suspicions:
-            times.append(min(s.deadline for s in self._suspicions.values()))
+            times.append(min(min(s.deadline, self._next_check(s)) for s in self._suspicions.values()))
         if self._broadcasts and self.config.gossip_nodes:
             times.append(self._next_gossip)
         if self._next_push_pull != math.inf and not self._leaving:
@@ -429,7 +408,7 @@ class Swim:
         self.counters["probes"] += 1
         self._send(node.address, parts)
 
-    def _select_probe_target(self, now: float) -> _Node | None:
+    def _select_probe_target(self, now: float) -> NodeState | None:
         checked = 0
         while checked <= len(self._probe_list):
             if self._probe_index >= len(self._probe_list):
@@ -458,6 +437,7 @@ class Swim:
         self._probe_list = keep
         limit = self.config.probe_interval
         self._notified = {k: t for k, t in self._notified.items() if now - t < limit}
+        self._corrected = {k: t for k, t in self._corrected.items() if now - t < limit}
 
     def _send_indirect(self, probe: _Probe) -> None:
         probe.indirect_sent = True
@@ -515,8 +495,19 @@ class Swim:
         if not ping.target and not self._leaving:  # a join ping: introduce ourselves
             parts.append(self._local_alive())
         self._send(reply_to, parts)
-        source = self._nodes.get(ping.source) if ping.source else None
-        if source is not None and source.status >= DEAD:
+        if not ping.source or ping.source == self._local_id:
+            return
+        source = self._nodes.get(ping.source)
+        if source is None:
+            # Probed by a member we do not know (we restarted, or missed its alive):
+            # ask it to introduce itself, as a join ping does.
+            last = self._notified.get(ping.source)
+            if not self._leaving and (last is None or now - last >= self.config.probe_interval):
+                self._notified[ping.source] = now
+                host, port = self._local_address()
+                intro = encode(Ping(self._next_seq(), "", self._local_id, host, port))
+                self._send(reply_to, [intro, self._local_alive()])
+        elif source.status >= DEAD:
             self._notify_stale(source, now)
 
     def _on_ack(self, ack: Ack) -> None:
@@ -549,7 +540,7 @@ class Swim:
             return
         node = self._nodes.get(a.node)
         if node is None:
-            node = _Node(a.node, a.host, a.port, a.meta, meta, a.incarnation, ALIVE, now)
+            node = NodeState(a.node, a.host, a.port, a.meta, meta, a.incarnation, ALIVE, now)
             self._nodes[a.node] = node
             self._insert_probe(a.node)
             self._broadcasts.queue(a.node, encode(a))
@@ -564,8 +555,9 @@ class Swim:
             else:
                 self.counters["address_conflicts"] += 1
                 logger.warning(
-                    "conflicting address for %s: known %s:%s, claimed %s:%s", a.node, node.host, node.port, a.host, a.port
-                )
+                    "conflicting address for %s: known %s:%s, claimed %s:%s",
+                    a.node, node.host, node.port, a.host, a.port,
+                )  # fmt: skip
                 return
         if is_local:
             if a.incarnation < node.incarnation or (a.incarnation == node.incarnation and a.meta == node.meta):
@@ -591,13 +583,22 @@ class Swim:
 
     def _on_suspect(self, s: Suspect, now: float, reply_to: Address | None) -> None:
         node = self._nodes.get(s.node)
-        if node is None or s.incarnation < node.incarnation:
+        if node is None:
+            return
+        if s.incarnation < node.incarnation:
+            if s.node == self._local_id:
+                self._correct_stale_accusation(reply_to, now)
             return
         susp = self._suspicions.get(s.node)
         if susp is not None:
             if s.incarnation == node.incarnation:
                 if susp.confirm(s.from_node, now):  # independent confirmation: pass it on
                     self._broadcasts.queue(s.node, encode(s))
+                    # A late confirmation may pull the deadline into the past: keep
+                    # room for the direct checks, a probe interval apart.
+                    left = self.config.suspicion_checks - susp.checks_sent
+                    if left > 0:
+                        susp.deadline = max(susp.deadline, now + left * self.config.probe_interval)
                 return
             # Suspected again at a newer incarnation: the node refuted our suspicion
             # (we missed its alive), so the old timer is void; start a fresh one.
@@ -609,7 +610,7 @@ class Swim:
             return
         if s.node == self._local_id:
             if not self._leaving:
-                self._refute(s.incarnation, reply_to)
+                self._refute(s.incarnation, reply_to, s.from_node)
             return
         self._broadcasts.queue(s.node, encode(s))
         node.incarnation, node.status, node.state_change = s.incarnation, SUSPECT, now
@@ -624,6 +625,20 @@ class Swim:
         )
         self.counters["suspects_raised"] += 1
 
+    def _next_check(self, susp: Suspicion) -> float:
+        """When to send the suspect its next direct check (the last one a probe interval before expiry)."""
+        left = self.config.suspicion_checks - susp.checks_sent
+        if left <= 0:
+            return math.inf
+        return susp.deadline - left * self.config.probe_interval
+
+    def _check_suspect(self, node_id: str, susp: Suspicion) -> None:
+        """Tell the suspect directly that it is suspected: alive, it refutes (or re-sends its alive)."""
+        susp.checks_sent += 1
+        node = self._nodes.get(node_id)
+        if node is not None and node.status == SUSPECT:
+            self._send(node.address, [encode(Suspect(node.incarnation, node_id, self._local_id))])
+
     def _suspicion_expired(self, node_id: str, susp: Suspicion, now: float) -> None:
         del self._suspicions[node_id]
         node = self._nodes.get(node_id)
@@ -633,14 +648,18 @@ class Swim:
 
     def _on_dead(self, d: Dead, now: float, reply_to: Address | None) -> None:
         node = self._nodes.get(d.node)
-        if node is None or d.incarnation < node.incarnation:
+        if node is None:
+            return
+        if d.incarnation < node.incarnation:
+            if d.node == self._local_id and not self._leaving:
+                self._correct_stale_accusation(reply_to, now)
             return
         self._suspicions.pop(d.node, None)
         if node.status >= DEAD:
             return
         is_local = d.node == self._local_id
         if is_local and not self._leaving:
-            self._refute(d.incarnation, reply_to)
+            self._refute(d.incarnation, reply_to, d.from_node)
             return
         self._broadcasts.queue(d.node, encode(d))
         node.incarnation, node.state_change = d.incarnation, now
@@ -649,14 +668,20 @@ class Swim:
             return
         member = node.member()
         if node.status == DEAD:
+            if not self._failed and self._next_reconnect < now:  # the timer idled: restart it
+                self._next_reconnect = now + self.config.reconnect_interval
             self._failed[d.node] = (member, now)
             self._events.append(MemberEvent(MemberEventKind.FAIL, member))
         else:
             self._failed.pop(d.node, None)
             self._events.append(MemberEvent(MemberEventKind.LEAVE, member))
 
-    def _refute(self, accused: int, reply_to: Address | None) -> None:
-        """Outrank an accusation about ourselves with a higher incarnation."""
+    def _refute(self, accused: int, reply_to: Address | None, accuser: str | None = None) -> None:
+        """Outrank an accusation about ourselves with a higher incarnation.
+
+        Besides gossiping it, the new alive goes straight to the packet's sender and
+        to the accuser: the one node sure to hold a suspicion timer about us.
+        """
         inc = self._incarnation + 1
         if accused >= inc:
             inc = accused + 1
@@ -667,16 +692,34 @@ class Swim:
         self._broadcasts.queue(self._local_id, alive)
         if reply_to is not None:
             self._send(reply_to, [alive])
+        accused_by = self._nodes.get(accuser) if accuser and accuser != self._local_id else None
+        if accused_by is not None and accused_by.address != reply_to and accused_by.status <= SUSPECT:
+            self._send(accused_by.address, [alive])
         self.counters["refutes"] += 1
 
-    def _joined(self, node: _Node) -> None:
+    def _correct_stale_accusation(self, reply_to: Address | None, now: float) -> None:
+        """Someone still gossips an accusation we already refuted: send it our current alive."""
+        if reply_to is None:
+            return
+        last = self._corrected.get(reply_to)
+        if last is not None and now - last < self.config.probe_interval:
+            return
+        self._corrected[reply_to] = now
+        self.counters["stale_notices"] += 1
+        self._send(reply_to, [self._local_alive()])
+
+    def _joined(self, node: NodeState) -> None:
         self._failed.pop(node.node_id, None)
         self._events.append(MemberEvent(MemberEventKind.JOIN, node.member()))
+        if self._seeds:  # a gossip join found its first member: sync the full state with it
+            self._seeds = []
+            if self.config.push_pull_interval > 0:
+                self._pp_requests.append(node.member())
         if self.config.greet_new_members and not self._leaving:
             self.counters["greetings"] += 1
             self._send(node.address, [self._local_alive()])
 
-    def _notify_stale(self, node: _Node, now: float) -> None:
+    def _notify_stale(self, node: NodeState, now: float) -> None:
         """Tell ``node`` directly what we believe about it, so it can refute (rate-limited)."""
         last = self._notified.get(node.node_id)
         if last is not None and now - last < self.config.probe_interval:
@@ -765,29 +808,31 @@ class Swim:
         offset = self._rng.randint(0, len(self._probe_list) - 1)
         self._probe_list[offset], self._probe_list[-1] = self._probe_list[-1], self._probe_list[offset]
 
-    def _random_nodes(self, k: int, accept: Callable[[_Node], bool]) -> list[_Node]:
-        """Up to ``k`` random other members for which ``accept`` is true."""
-        if k <= 0:
+    def _random_nodes(self, k: int, accept: Callable[[NodeState], bool]) -> list[NodeState]:
+        """Up to ``k`` random other members for which ``accept`` is true (memberlist's kRandomNodes)."""
+        ids = self._probe_list
+        n = len(ids)
+        if k <= 0 or n == 0:
             return []
-        local = self._local_id
-        candidates = [n for n in self._nodes.values() if n.node_id != local and accept(n)]
-        if len(candidates) <= k:
+        nodes = self._nodes
+        if n < 3 * k:  # few nodes: be exhaustive
+            candidates = [nodes[i] for i in ids if accept(nodes[i])]
             self._rng.shuffle(candidates)
-            return candidates
-        return self._rng.sample(candidates, k)
+            return candidates[:k]
+        chosen: list[NodeState] = []
+        seen: set[int] = set()
+        randrange = self._rng.randrange
+        for _ in range(3 * n):
+            index = randrange(n)
+            if index in seen:
+                continue
+            seen.add(index)
+            node = nodes[ids[index]]
+            if accept(node):
+                chosen.append(node)
+                if len(chosen) >= k:
+                    break
+        return chosen
 
     def _num_alive_others(self) -> int:
         return sum(1 for n in self._nodes.values() if n.status <= SUSPECT and n.node_id != self._local_id)
-
-
-def _check_local(local: Member, label: bytes, incarnation: int) -> None:
-    if not local.node_id or len(local.node_id.encode("utf-8")) > 255:
-        raise ConfigError("node_id", "must be 1 to 255 bytes of UTF-8")
-    if len(local.host.encode("utf-8")) > 255:
-        raise ConfigError("host", "must be at most 255 bytes")
-    if not 0 <= local.port <= 0xFFFF:
-        raise ConfigError("port", f"{local.port} is not a UDP port")
-    if len(label) > 255:
-        raise ConfigError("label", "must be at most 255 bytes")
-    if not 0 <= incarnation < MAX_INCARNATION:
-        raise ConfigError("incarnation", "must be between 0 and 2**64 - 2")

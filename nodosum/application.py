@@ -140,7 +140,7 @@ class Application:
         node = self._node
         if timeout is None:
             timeout = node.config.request_timeout
-        correlation_id = next(node._correlation_ids)
+        correlation_id = next(node._messaging.correlation_ids)
         if node_id == node.node_id:
             return self._request_local(data, correlation_id, timeout)
         try:
@@ -169,7 +169,7 @@ class Application:
         node = self._node
         if timeout is None:
             timeout = node.config.request_timeout
-        correlation_id = next(node._correlation_ids)
+        correlation_id = next(node._messaging.correlation_ids)
         if node_id == node.node_id:
             return self._request_local_future(data, correlation_id, timeout)
         try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Sequence
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Union
 
@@ -65,6 +67,34 @@ class StaticPeer:
         raise ConfigError("peers", f"{value!r} is neither 'node_id@host:port' nor (node_id, (host, port))")
 
 
+def parse_address(value: Any, field_name: str) -> tuple[str, int]:
+    """'host:port' (or a (host, port) pair) as a tuple."""
+    if isinstance(value, tuple) and len(value) == 2:
+        host, port = value
+    elif isinstance(value, str):
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ConfigError(field_name, f"{value!r} is not of the form 'host:port'")
+        host, port = host.strip("[]"), int(port_text)
+    else:
+        raise ConfigError(field_name, f"{value!r} is not 'host:port'")
+    if not host or not isinstance(port, int) or not 0 < port <= 65535:
+        raise ConfigError(field_name, f"{value!r} has no valid host and port")
+    return (str(host), port)
+
+
+def parse_gossip_key(value: Any) -> bytes:
+    """A 16, 24 or 32-byte AES key, given raw or base64-encoded."""
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("gossip_keys", "a text key must be base64") from None
+    if not isinstance(value, (bytes, bytearray)) or len(value) not in (16, 24, 32):
+        raise ConfigError("gossip_keys", "each key must be 16, 24 or 32 bytes (AES-128/192/256)")
+    return bytes(value)
+
+
 def _random_node_id() -> str:
     return "node-" + uuid.uuid4().hex[:12]
 
@@ -86,6 +116,13 @@ class NodeConfig:
     host: str = "127.0.0.1"
     port: int = 7946
     peers: Sequence[Any] = ()
+    membership: str | None = None
+    seeds: Sequence[str] = ()
+    gossip_keys: Sequence[bytes | str] = ()
+    gossip_label: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    swim: Mapping[str, Any] = field(default_factory=dict)
+    leave_timeout: float = 2.0
     profile: str = "lan"
     idle_timeout: float | None = None
     keepalive_interval: float | None = None
@@ -119,13 +156,36 @@ class NodeConfig:
             if not 0 < peer.port <= 65535:
                 raise ConfigError("peers", f"peer {peer.node_id!r} has port {peer.port}")
         object.__setattr__(self, "peers", peers)
+        membership = self.membership or ("static" if peers else "gossip")
+        if membership not in ("gossip", "static"):
+            raise ConfigError("membership", f"{self.membership!r}: choose 'gossip' or 'static'")
+        if membership == "gossip" and peers:
+            raise ConfigError("peers", "a static peer list needs membership='static'; gossip joins through seeds")
+        if membership == "static" and self.seeds:
+            raise ConfigError("seeds", "seeds are for gossip membership, not membership='static'")
+        object.__setattr__(self, "membership", membership)
+        object.__setattr__(self, "seeds", tuple(parse_address(a, "seeds") for a in self.seeds))
+        object.__setattr__(self, "gossip_keys", tuple(parse_gossip_key(k) for k in self.gossip_keys))
+        if not isinstance(self.gossip_label, str) or len(self.gossip_label.encode()) > 255:
+            raise ConfigError("gossip_label", "must be a string of at most 255 bytes")
+        if not isinstance(self.meta, Mapping):
+            raise ConfigError("meta", "must be a dict of JSON-serializable values")
+        from .membership.config import SwimConfig  # here to keep config importable alone
+        from .membership.meta import encode_meta
+
+        try:
+            encode_meta(dict(self.meta), SwimConfig.profile(self.profile, **dict(self.swim)).max_meta_size)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("meta", str(exc)) from None
         for name in TIMING_FIELDS:
             value = getattr(self, name)
             if value is None:
                 object.__setattr__(self, name, getattr(PROFILES[self.profile], name))
             elif not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(name, f"{value!r} must be a positive number of seconds")
-        for name in ("request_timeout", "cert_validity"):
+        for name in ("request_timeout", "cert_validity", "leave_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(name, f"{value!r} must be a positive number of seconds")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import socket
@@ -19,6 +18,10 @@ from .certs import ClusterIdentity
 from .config import APP_ID_RE, NodeConfig
 from .errors import ApplicationError, ConfigError, NodeNotRunning, ReadyTimeout
 from .membership import Member, MemberEvent, StaticMembership
+from .membership.config import SwimConfig
+from .membership.gossip import APP_ID as MEMBERSHIP_APP_ID
+from .membership.gossip import GossipMembership
+from .membership.keyring import Keyring
 from .metrics import Counters
 from .transport.messaging import InboundDelivery, Messaging
 from .transport.quic import QuicEndpoint
@@ -86,7 +89,6 @@ class Node:
         self._apps: dict[str, Application] = {}
         self._apps_lock = threading.Lock()
         self._listeners: list[MemberListener] = []
-        self._correlation_ids = itertools.count(1)
         self._messaging = Messaging(
             config.node_id, self._loop, self, self.counters,
             max_frame_size=config.max_frame_size, max_pending_requests=config.max_pending_requests,
@@ -94,7 +96,13 @@ class Node:
             reconnect_min=config.reconnect_min, reconnect_max=config.reconnect_max,  # type: ignore[arg-type]
             on_connected=self._on_connected,
         )
-        self._membership: StaticMembership | None = None
+        self._membership: StaticMembership | GossipMembership | None = None
+        self._swim_config = SwimConfig.profile(config.profile, **dict(config.swim))
+        if config.gossip_keys:
+            self.keyring = Keyring(config.gossip_keys)
+        else:
+            self.keyring = Keyring([Keyring.generate()])
+        self._joined = False
         self._endpoint: QuicEndpoint | None = None
         self._address: tuple[str, int] | None = None
         self._member_ids: tuple[str, ...] = (config.node_id,)
@@ -158,13 +166,36 @@ class Node:
         self._messaging.endpoint = endpoint
         host, port = transport.get_extra_info("sockname")[:2]
         self._address = (host, port)
-        local = Member(self.node_id, host, port)
-        peers = [Member(p.node_id, p.host, p.port) for p in config.peers]
-        self._membership = StaticMembership(local, peers)
+        local = Member(self.node_id, host, port, dict(config.meta))
+        if config.membership == "static":
+            peers = [Member(p.node_id, p.host, p.port) for p in config.peers]
+            self._membership = StaticMembership(local, peers)
+            self._joined = True
+        else:
+            gossip = GossipMembership(
+                local, self._swim_config, keyring=self.keyring, share_keys=not config.gossip_keys,
+                label=config.gossip_label.encode(), seeds=list(config.seeds), messaging=self._messaging,
+                counters=self.counters, send=self._send_datagram, request_timeout=config.request_timeout,
+                on_joined=self._on_joined, incarnation=int(time.time() * 1000),
+            )
+            endpoint.non_quic_handler = gossip.datagram_received
+            internal = Application(self, MEMBERSHIP_APP_ID)
+            internal.set_request_handler(gossip.handle_push_pull, inline=True)
+            self._apps[MEMBERSHIP_APP_ID] = internal
+            self._membership = gossip
         self._membership.start(self._member_event)
 
+    def _send_datagram(self, data: bytes, address: tuple[str, int]) -> None:
+        endpoint = self._endpoint
+        if endpoint is not None and endpoint.transport is not None:
+            endpoint.transport.sendto(data, address)
+
+    def _on_joined(self) -> None:
+        self._joined = True
+        self._on_connected("")
+
     def ready(self, timeout: float | None = 30.0) -> None:
-        """Block until this node is connected to every current member.
+        """Block until this node has joined and is connected to every current member.
 
         Raises ReadyTimeout if that takes longer than ``timeout`` seconds."""
         self._check_running()
@@ -184,6 +215,8 @@ class Node:
 
     def _unconnected_members(self) -> list[str]:
         assert self._membership is not None
+        if not self._joined:
+            return ["(no seed has answered yet)"]
         return sorted(m.node_id for m in self._membership.members()
                       if m.node_id != self.node_id and not self._messaging.is_connected(m.node_id))
 
@@ -211,6 +244,8 @@ class Node:
     async def _aclose(self) -> None:
         import asyncio
 
+        if isinstance(self._membership, GossipMembership):
+            await self._membership.leave(self.config.leave_timeout)
         if self._membership is not None:
             self._membership.stop()
         self._messaging.close()
@@ -242,16 +277,38 @@ class Node:
         return list(self._member_ids)
 
     def add_peer(self, node_id: str, host: str, port: int) -> None:
-        """Add a peer to the static member list at run time."""
-        self._check_running()
-        assert self._membership is not None
-        self._loop.call(self._membership.add, Member(node_id, host, port))
+        """Add a peer to the static member list at run time (membership='static')."""
+        self._loop.call(self._static().add, Member(node_id, host, port))
 
     def remove_peer(self, node_id: str) -> None:
         """Remove a peer from the static member list (a "leave" event)."""
+        self._loop.call(self._static().remove, node_id)
+
+    def _static(self) -> StaticMembership:
         self._check_running()
-        assert self._membership is not None
-        self._loop.call(self._membership.remove, node_id)
+        if not isinstance(self._membership, StaticMembership):
+            raise ConfigError("membership", "add_peer/remove_peer need membership='static'; use join() for gossip")
+        return self._membership
+
+    def _gossip(self) -> GossipMembership:
+        self._check_running()
+        if not isinstance(self._membership, GossipMembership):
+            raise ConfigError("membership", "join/update_meta need gossip membership")
+        return self._membership
+
+    def join(self, seeds: list[str]) -> None:
+        """Join a cluster through seed addresses ('host:port'); returns at once, see ready()."""
+        from .config import parse_address
+
+        addresses = [parse_address(seed, "seeds") for seed in seeds]
+        gossip = self._gossip()
+        self._joined = False
+        self._loop.call(gossip.join, addresses)
+
+    def update_meta(self, meta: dict[str, Any]) -> None:
+        """Replace this node's metadata (≤ 512 bytes as JSON); members see an update event."""
+        gossip = self._gossip()
+        self._loop.call(gossip.update_meta, dict(meta))
 
     def on_member_event(self, listener: MemberListener) -> None:
         """Call ``listener(event)`` on a worker thread for each join, leave, fail, update."""
@@ -276,6 +333,8 @@ class Node:
         """Create the application ``app_id`` on this node (once per id)."""
         if not isinstance(app_id, str) or not APP_ID_RE.match(app_id):
             raise ApplicationError(f"invalid application id {app_id!r}")
+        if app_id.startswith("nodosum."):
+            raise ApplicationError(f"application ids starting with 'nodosum.' are reserved ({app_id!r})")
         with self._apps_lock:
             if app_id in self._apps:
                 raise ApplicationError(f"application {app_id!r} is already registered on {self.node_id!r}")
@@ -308,8 +367,11 @@ class Node:
 
     # -- observability -------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counters of drops, rejections and errors since start."""
-        return self.counters.snapshot()
+        """Counters of drops, rejections and errors since start (gossip's prefixed ``gossip_``)."""
+        stats = self.counters.snapshot()
+        if isinstance(self._membership, GossipMembership) and self._state == "running":
+            stats.update(self._loop.call(self._membership.stats))
+        return stats
 
     def _check_running(self) -> None:
         if self._state != "running":

@@ -311,7 +311,7 @@ def serve_node(conn: Any, ca_cert: bytes, ca_key: bytes, use_uvloop: bool) -> No
     node = None
     try:
         node = Node(NodeConfig(ca_cert=ca_cert, ca_key=ca_key, node_id=SERVER_ID, host=HOST, port=0,
-                               use_uvloop=use_uvloop, profile="local")).start()
+                               use_uvloop=use_uvloop, profile="local", membership="static")).start()
         node.register_application(APP_ID).set_request_handler(lambda payload, sender: payload)
         conn.send(("address", node.address))
         _, (peer_id, host, port) = conn.recv()
@@ -379,7 +379,7 @@ def nodosum_pair(use_uvloop: bool) -> Iterator[tuple[Any, Any, Any]]:
     ca_cert, ca_key = create_ca("bench CA")
     with child_process(serve_node, ca_cert, ca_key, use_uvloop) as (pipe, pid):
         node = Node(NodeConfig(ca_cert=ca_cert, ca_key=ca_key, node_id=CLIENT_ID, host=HOST, port=0,
-                               use_uvloop=use_uvloop, profile="local")).start()
+                               use_uvloop=use_uvloop, profile="local", membership="static")).start()
         try:
             app = node.register_application(APP_ID)
             host, port = expect(pipe, "address")

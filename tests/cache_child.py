@@ -14,7 +14,8 @@ from nodosum import Node, NodeConfig
 def main() -> None:
     spec = json.loads(sys.stdin.readline())
     cert, key = (s.encode() for s in spec["ca"])
-    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], port=0, profile="local")).start()
+    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], port=0, profile="local",
+                           membership="static")).start()
     print(*node.address, flush=True)
     for peer_id, host, port in spec["peers"]:
         node.add_peer(peer_id, host, port)

@@ -26,6 +26,7 @@ def other_ca() -> tuple[bytes, bytes]:
 def start_node(ca: tuple[bytes, bytes], node_id: str, **settings: object) -> Node:
     settings.setdefault("profile", "local")
     settings.setdefault("port", 0)
+    settings.setdefault("membership", "static")
     return Node(NodeConfig(ca_cert=ca[0], ca_key=ca[1], node_id=node_id, **settings)).start()
 
 

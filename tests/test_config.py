@@ -73,7 +73,8 @@ def test_node_with_its_own_certificate(ca):
     from nodosum.certs import issue_node_certificate
 
     cert, key = issue_node_certificate(*ca, "own-cert")
-    node = Node(NodeConfig(ca_cert=ca[0], cert=cert, key=key, node_id="own-cert", port=0)).start()
+    node = Node(NodeConfig(ca_cert=ca[0], cert=cert, key=key, node_id="own-cert", port=0,
+                           membership="static")).start()
     try:
         peer = start_node(ca, "issuer")
         try:

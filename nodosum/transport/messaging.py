@@ -14,6 +14,7 @@ other once its in-flight requests are done.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import random
 import threading
@@ -124,12 +125,13 @@ class ConnState:
 class PeerState:
     """One peer: its member record, its connection, and callers waiting for one."""
 
-    __slots__ = ("node_id", "member", "conn", "dialling", "waiters", "failures", "failed_reason",
+    __slots__ = ("node_id", "member", "address", "conn", "dialling", "waiters", "failures", "failed_reason",
                  "redial_handle", "retiring")
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self.member: Member | None = None
+        self.address: tuple[str, int] | None = None  # where to dial, member or not
         self.conn: PeerConnection | None = None
         self.dialling: PeerConnection | None = None
         self.waiters: list[tuple[Callable[[PeerConnection], None], concurrent.futures.Future[Any]]] = []
@@ -160,6 +162,8 @@ class Messaging:
         self.peers: dict[str, PeerState] = {}
         # correlation id -> (future, connection, expiry timer or None)
         self.pending: dict[int, tuple[concurrent.futures.Future[bytes], PeerConnection, Any]] = {}
+        self.correlation_ids = itertools.count(1)  # shared by every application of the node
+        self._address_dials: dict[PeerConnection, concurrent.futures.Future[str]] = {}
         self._closing = False
 
     @property
@@ -174,6 +178,7 @@ class Messaging:
         peer = self._peer(member.node_id)
         if event.kind in (MemberEventKind.JOIN, MemberEventKind.UPDATE):
             peer.member = member
+            peer.address = member.address
             if peer.conn is None and peer.dialling is None and peer.redial_handle is None:
                 # the smaller id dials at once; the larger waits a moment so that
                 # usually only one connection is made
@@ -200,10 +205,10 @@ class Messaging:
     # -- dialling --------------------------------------------------------------------
     def _dial(self, peer: PeerState) -> None:
         peer.redial_handle = None
-        if self._closing or peer.member is None or peer.conn is not None or peer.dialling is not None:
+        if self._closing or peer.address is None or peer.conn is not None or peer.dialling is not None:
             return
         assert self.endpoint is not None
-        peer.dialling = self.endpoint.dial(peer.member.address, peer.node_id)
+        peer.dialling = self.endpoint.dial(peer.address, peer.node_id)
 
     def _schedule_redial(self, peer: PeerState) -> None:
         if self._closing or peer.member is None or peer.redial_handle is not None:
@@ -218,18 +223,27 @@ class Messaging:
             peer.redial_handle.cancel()
             peer.redial_handle = None
 
-    def with_connection(self, node_id: str, fut: concurrent.futures.Future[Any],
-                        action: Callable[[PeerConnection], None]) -> None:
-        """Run ``action(conn)`` now or once the peer is connected; fail ``fut`` if it cannot be."""
+    def with_connection(self, node_id: str, fut: Any, action: Callable[[PeerConnection], None],
+                        address: tuple[str, int] | None = None) -> None:
+        """Run ``action(conn)`` now or once the peer is connected; fail ``fut`` if it cannot be.
+
+        Only members are reachable, unless ``address`` is given (membership's own traffic)."""
         peer = self.peers.get(node_id)
-        if peer is None or peer.member is None:
+        if address is not None:
+            peer = self._peer(node_id)
+            if peer.member is None:
+                peer.address = address
+        elif peer is None or peer.member is None:
             resolve(fut, error=NodeUnreachable(f"node {node_id!r} is not a member of this cluster"))
             return
         conn = peer.conn
         if conn is not None:
             action(conn)
             return
-        if peer.failed_reason is not None and peer.dialling is None:
+        if peer.address is None:
+            resolve(fut, error=NodeUnreachable(f"no address known for node {node_id!r}"))
+            return
+        if peer.failed_reason is not None and peer.dialling is None and address is None:
             resolve(fut, error=NodeUnreachable(f"node {node_id!r} is unreachable: {peer.failed_reason}"))
             if peer.redial_handle is None:
                 self._schedule_redial(peer)
@@ -253,6 +267,11 @@ class Messaging:
         conn.user = ConnState()
         assert conn.node_id is not None
         peer = self._peer(conn.node_id)
+        seed = self._address_dials.pop(conn, None)
+        if seed is not None:
+            if peer.address is None:
+                peer.address = conn.address
+            resolve(seed, conn.node_id)
         if peer.dialling is conn:
             peer.dialling = None
         current = peer.conn
@@ -290,6 +309,9 @@ class Messaging:
         conn.close(ERR_DUPLICATE, "duplicate connection")
 
     def connection_closed(self, conn: PeerConnection, reason: str) -> None:
+        seed = self._address_dials.pop(conn, None)
+        if seed is not None:
+            resolve(seed, error=NodeUnreachable(f"cannot connect to {conn.address[0]}:{conn.address[1]}: {reason}"))
         self.registry.close_connection(conn)
         lost = [cid for cid, (_, c, _) in self.pending.items() if c is conn]
         who = conn.node_id or conn.expected_node_id
@@ -491,8 +513,8 @@ class Messaging:
                 logger.exception("receive handler raised on a message from %s", sender)
 
     # -- outbound operations (loop thread, from the bridge) ------------------------------------------
-    def start_request(self, fut: concurrent.futures.Future[bytes], node_id: str, app_id: str, name: str,
-                      correlation_id: int, frame: bytes, timeout: float | None = None) -> None:
+    def start_request(self, fut: Any, node_id: str, app_id: str, name: str, correlation_id: int, frame: bytes,
+                      timeout: float | None = None, address: tuple[str, int] | None = None) -> None:
         """Send a REQUEST; ``fut`` gets the response. With ``timeout`` a loop timer
         fails it with RequestTimeout (blocking callers time out on their own side)."""
         timer = None
@@ -513,7 +535,7 @@ class Messaging:
             self.pending[correlation_id] = (fut, conn, timer)
             conn.send(stream.stream_id, frame)
 
-        self.with_connection(node_id, fut, send)
+        self.with_connection(node_id, fut, send, address)
 
     def _expire(self, fut: concurrent.futures.Future[bytes], correlation_id: int, node_id: str,
                 timeout: float) -> None:
@@ -581,6 +603,12 @@ class Messaging:
             resolve(fut, None)
 
         self.with_connection(node_id, fut, open_)
+
+    def connect_address(self, fut: concurrent.futures.Future[str], address: tuple[str, int]) -> None:
+        """Dial an address whose node id is unknown (a seed); ``fut`` gets the id it proves."""
+        assert self.endpoint is not None
+        conn = self.endpoint.dial(address, None)
+        self._address_dials[conn] = fut
 
     def close(self) -> None:
         """Stop dialling and fail everything still waiting (before the endpoint closes)."""

@@ -1,0 +1,29 @@
+"""A gossip node (optionally with a cache) in its own process, for kill -9 tests.
+
+stdin: one JSON line {"ca": [cert, key], "node_id": ..., "seeds": ["host:port"], "swim": {...},
+                      "cache": bool, "replicas": n}
+stdout: "host port" once listening, then "ready" once joined. Exits when stdin closes.
+"""
+
+import json
+import sys
+
+from mycel import Cache
+from nodosum import Node, NodeConfig
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.readline())
+    cert, key = (s.encode() for s in spec["ca"])
+    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], port=0, profile="local",
+                           seeds=spec.get("seeds", []), swim=spec.get("swim", {}))).start()
+    print(*node.address, flush=True)
+    node.ready(30)
+    if spec.get("cache"):
+        Cache(node, replicas=spec.get("replicas", 3), remote_timeout=0.5)
+    print("ready", flush=True)
+    sys.stdin.read()  # until the parent closes the pipe (or kills us)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Gossip membership on real sockets: join through seeds, failure, leave, impostors, garbage."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nodosum import Node, NodeConfig
+
+from .conftest import wait_for
+
+FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}
+CHILD = os.path.join(os.path.dirname(__file__), "node_child.py")
+
+
+def gossip_node(ca, node_id: str, seeds=(), **settings) -> Node:
+    settings.setdefault("swim", FAST)
+    return Node(NodeConfig(ca_cert=ca[0], ca_key=ca[1], node_id=node_id, port=0, profile="local",
+                           seeds=list(seeds), **settings)).start()
+
+
+def addr(node: Node) -> str:
+    return "%s:%d" % node.address
+
+
+@pytest.fixture
+def started():
+    nodes: list[Node] = []
+    yield nodes
+    for node in nodes:
+        node.shutdown()
+
+
+def views(nodes):
+    return {n.node_id: n.member_ids() for n in nodes}
+
+
+def test_five_nodes_each_given_one_seed_converge(ca, started):
+    started.append(gossip_node(ca, "g0"))
+    for i in range(1, 5):
+        started.append(gossip_node(ca, f"g{i}", [addr(started[random.Random(i).randrange(i)])]))
+    for node in started:
+        node.ready(20)
+    everyone = sorted(n.node_id for n in started)
+    assert wait_for(lambda: all(ids == everyone for ids in views(started).values()), timeout=20), views(started)
+    # members are connected over QUIC and can talk
+    apps = [n.register_application("hello") for n in started]
+    for app in apps:
+        app.set_request_handler(lambda p, s: s.encode())
+    assert apps[4].request(b"", "g0") == b"g4"
+    # everyone ended on one gossip key
+    assert wait_for(lambda: len({n.keyring.primary_key for n in started}) == 1, timeout=20)
+
+
+def test_graceful_leave_is_reported_as_left(ca, started):
+    started.extend([gossip_node(ca, "l0")])
+    started.extend([gossip_node(ca, f"l{i}", [addr(started[0])]) for i in (1, 2)])
+    for node in started:
+        node.ready(20)
+    assert wait_for(lambda: all(len(ids) == 3 for ids in views(started).values()), timeout=20)
+    events = []
+    started[0].on_member_event(events.append)
+    leaving = started.pop()
+    leaving.shutdown()
+    assert wait_for(lambda: [(e.kind.value, e.member.node_id) for e in events] == [("leave", "l2")], timeout=10)
+    assert wait_for(lambda: all(ids == ["l0", "l1"] for ids in views(started).values()), timeout=10)
+
+
+def _spawn_child(ca, node_id: str, seeds: list[str], swim: dict) -> tuple[subprocess.Popen, tuple[str, int]]:
+    child = subprocess.Popen([sys.executable, CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    child.stdin.write(json.dumps({"ca": [ca[0].decode(), ca[1].decode()], "node_id": node_id,
+                                  "seeds": seeds, "swim": swim}) + "\n")
+    child.stdin.flush()
+    host, port = child.stdout.readline().split()
+    assert child.stdout.readline().strip() == "ready"
+    return child, (host, int(port))
+
+
+def _reap(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.kill()
+    child.wait(10)
+    child.stdin.close()
+    child.stdout.close()
+
+
+def test_killed_node_is_declared_failed_and_disconnected(ca, started):
+    started.append(gossip_node(ca, "f0", swim={}))  # the local profile's own timings
+    started.extend(gossip_node(ca, f"f{i}", [addr(started[0])], swim={}) for i in (1, 2, 3))
+    child, _ = _spawn_child(ca, "f9", [addr(started[0])], {})
+    try:
+        assert wait_for(lambda: all(len(ids) == 5 for ids in views(started).values()), timeout=30)
+        events = {n.node_id: [] for n in started}
+        for node in started:
+            node.on_member_event(lambda e, me=node.node_id: events[me].append((e.kind.value, e.member.node_id)))
+        app = started[1].register_application("x")
+        try:
+            app.request(b"", "f9", timeout=2)  # opens a connection to f9
+        except Exception as exc:  # f9 has no such application: RemoteError expected, and it proves the link
+            assert "no application" in str(exc)
+        os.kill(child.pid, signal.SIGKILL)
+        start = time.monotonic()
+        assert wait_for(lambda: all(("fail", "f9") in e for e in events.values()), timeout=60), events
+        detection = time.monotonic() - start
+        assert all("f9" not in ids for ids in views(started).values())
+        # its QUIC connections were closed on the fail event
+        for node in started:
+            assert node._loop.call(lambda n=node: n._messaging.peers.get("f9") is None
+                                   or n._messaging.peers["f9"].conn is None)
+        assert detection < 60
+    finally:
+        _reap(child)
+
+
+def test_restart_with_same_id_rejoins(ca, started):
+    started.append(gossip_node(ca, "r0"))
+    started.append(gossip_node(ca, "r1", [addr(started[0])]))
+    child, address = _spawn_child(ca, "r9", [addr(started[0])], FAST)
+    try:
+        assert wait_for(lambda: all("r9" in ids for ids in views(started).values()), timeout=20)
+        os.kill(child.pid, signal.SIGKILL)
+        _reap(child)
+        assert wait_for(lambda: all("r9" not in ids for ids in views(started).values()), timeout=30)
+        child, _ = _spawn_child(ca, "r9", [addr(started[1])], FAST)
+        assert wait_for(lambda: all("r9" in ids for ids in views(started).values()), timeout=20)
+    finally:
+        _reap(child)
+
+
+def test_node_of_another_ca_never_appears(ca, other_ca, started):
+    started.append(gossip_node(ca, "h0"))
+    started.append(gossip_node(ca, "h1", [addr(started[0])]))
+    rogue = gossip_node(other_ca, "rogue", [addr(started[0])])
+    try:
+        with pytest.raises(Exception):
+            rogue.ready(3)
+        time.sleep(0.5)  # a window for anything it might have slipped in (none expected)
+        assert all(ids == ["h0", "h1"] for ids in views(started).values())
+        assert rogue.member_ids() == ["rogue"]
+    finally:
+        rogue.shutdown()
+
+
+def test_node_with_wrong_gossip_key_never_appears(ca, started):
+    key, wrong = os.urandom(32), os.urandom(32)
+    started.append(gossip_node(ca, "k0", gossip_keys=[key]))
+    started.append(gossip_node(ca, "k1", [addr(started[0])], gossip_keys=[key]))
+    started[1].ready(10)
+    intruder = gossip_node(ca, "intruder", [addr(started[0])], gossip_keys=[wrong])
+    try:
+        with pytest.raises(Exception):
+            intruder.ready(3)
+        assert all(ids == ["k0", "k1"] for ids in views(started).values())
+        assert started[0].stats().get("push_pull_refused_key", 0) >= 1
+    finally:
+        intruder.shutdown()
+
+
+def test_garbage_packets_are_dropped_and_counted(ca, started):
+    started.append(gossip_node(ca, "z0"))
+    started.append(gossip_node(ca, "z1", [addr(started[0])]))
+    started[1].ready(10)
+    target = started[0]
+    rng = random.Random(7)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i in range(10_000):
+            data = bytearray(rng.randbytes(rng.choice([1, 13, 60, 300, 1400])))
+            data[0] &= 0xBF  # 0x40 clear: it goes to the gossip layer, not QUIC
+            sock.sendto(bytes(data), target.address)
+            if i % 500 == 0:
+                time.sleep(0.001)
+    assert wait_for(lambda: target.stats().get("gossip_packets_dropped", 0) > 5_000, timeout=20)
+    time.sleep(1.0)  # several probe rounds with the garbage behind us: membership must hold
+    assert all(ids == ["z0", "z1"] for ids in views(started).values())

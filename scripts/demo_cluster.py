@@ -1,9 +1,11 @@
-"""A local demo cluster: three nodes on 127.0.0.1 exchange messages and requests.
+"""A local demo cluster: nodes on 127.0.0.1 join by gossip, exchange messages and
+requests, and share a replicated cache.
 
     python scripts/demo_cluster.py [--nodes 3] [--base-port 0]
 
 Each node runs in this process with its own event-loop thread; they share one
-cluster CA made on the spot. The script prints what each node sees.
+cluster CA made on the spot (the only secret: the gossip key travels in the
+authenticated join). The script prints what each node sees.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import threading
 import time
 
+from mycel import Cache
 from nodosum import Node, NodeConfig, RemoteError
 from nodosum.certs import create_ca
 
@@ -28,18 +31,20 @@ def main() -> int:
 
     ca_cert, ca_key = create_ca("demo cluster")
     print(f"cluster CA created; starting {count} nodes")
-    nodes = []
+    nodes: list[Node] = []
     for i in range(count):
         port = args.base_port + i if args.base_port else 0
-        config = NodeConfig(ca_cert=ca_cert, ca_key=ca_key, node_id=f"node-{i + 1}", port=port, profile="local")
+        seeds = ["%s:%d" % nodes[0].address] if nodes else []  # every node joins through the first
+        config = NodeConfig(ca_cert=ca_cert, ca_key=ca_key, node_id=f"node-{i + 1}", port=port, profile="local",
+                            seeds=seeds)
         nodes.append(Node(config).start())
     try:
         for node in nodes:
-            for other in nodes:
-                if other is not node:
-                    node.add_peer(other.node_id, *other.address)
-        for node in nodes:
             node.ready(timeout=15)
+        deadline = time.monotonic() + 15
+        while any(len(n.member_ids()) < count for n in nodes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for node in nodes:
             print(f"{node.node_id} listening on {node.address[0]}:{node.address[1]}, members {node.member_ids()}")
 
         lock = threading.Lock()
@@ -91,6 +96,28 @@ def main() -> int:
             apps[first].request(b"x" * 100, nodes[1].node_id)
         rate = n / (time.perf_counter() - start)
         print(f"\n{n} sequential 100-byte requests {first} -> {nodes[1].node_id}: {rate:,.0f} requests/s")
+
+        print("\na replicated cache on the same nodes (replicas=2):")
+        caches = [Cache(node, replicas=2) for node in nodes]
+        caches[0].create_bucket("demo", ttl=60)
+        caches[0].put("demo", "greeting", {"text": "hello from " + first})
+        for cache in caches:
+            print(f"  {cache.node_id} reads {cache.get('demo', 'greeting')}")
+        caches[-1].add("demo", "visits", 0)  # only if absent
+        caches[-1].incr("demo", "visits")
+        print(f"  visits counter after one incr: {caches[0].get('demo', 'visits')}")
+        events: list[str] = []
+        nodes[0].on_member_event(lambda e: events.append(f"{e.kind.value} {e.member.node_id}"))
+        leaving = nodes.pop()
+        caches.pop().close()  # hands its keys to the others first
+        leaving.shutdown()  # announces a graceful leave
+        deadline = time.monotonic() + 10
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(f"\n{leaving.node_id} left; {first} saw: {events}; members now {nodes[0].member_ids()}")
+        print(f"  {nodes[0].node_id} still reads {caches[0].get('demo', 'greeting')}")
+        for cache in caches:
+            cache.close()
     finally:
         for node in nodes:
             node.shutdown()

@@ -15,7 +15,8 @@ from nodosum import Node, NodeConfig
 def main() -> None:
     spec = json.loads(sys.stdin.readline())
     cert, key = (s.encode() for s in spec["ca"])
-    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], port=0, profile="local",
+    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], port=spec.get("port", 0),
+                           profile="local",
                            seeds=spec.get("seeds", []), swim=spec.get("swim", {}))).start()
     print(*node.address, flush=True)
     node.ready(30)

@@ -74,11 +74,12 @@ def test_graceful_leave_is_reported_as_left(ca, started):
     assert wait_for(lambda: all(ids == ["l0", "l1"] for ids in views(started).values()), timeout=10)
 
 
-def _spawn_child(ca, node_id: str, seeds: list[str], swim: dict) -> tuple[subprocess.Popen, tuple[str, int]]:
+def _spawn_child(ca, node_id: str, seeds: list[str], swim: dict,
+                 port: int = 0) -> tuple[subprocess.Popen, tuple[str, int]]:
     child = subprocess.Popen([sys.executable, CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              cwd=os.path.dirname(os.path.dirname(__file__)))
     child.stdin.write(json.dumps({"ca": [ca[0].decode(), ca[1].decode()], "node_id": node_id,
-                                  "seeds": seeds, "swim": swim}) + "\n")
+                                  "seeds": seeds, "swim": swim, "port": port}) + "\n")
     child.stdin.flush()
     host, port = child.stdout.readline().split()
     assert child.stdout.readline().strip() == "ready"
@@ -130,7 +131,7 @@ def test_restart_with_same_id_rejoins(ca, started):
         os.kill(child.pid, signal.SIGKILL)
         _reap(child)
         assert wait_for(lambda: all("r9" not in ids for ids in views(started).values()), timeout=30)
-        child, _ = _spawn_child(ca, "r9", [addr(started[1])], FAST)
+        child, _ = _spawn_child(ca, "r9", [addr(started[1])], FAST, port=address[1])  # same id and port
         assert wait_for(lambda: all("r9" in ids for ids in views(started).values()), timeout=20)
     finally:
         _reap(child)

@@ -237,12 +237,13 @@ class Cache:
         self._spec(bucket)
         found: dict[str, Any] = {}
         remote: dict[str, tuple[str, ...]] = {}
+        placement = self._current_placement()
         for key in keys:
             entry = self._store.get(bucket, _check_key(key))
             if entry is not None:
                 found[key] = entry.obj if entry.obj is not UNSET else self._decode(entry)
                 continue
-            candidates = tuple(n for n in self._replica_set(bucket, key) if n != self.node_id)
+            candidates = tuple(n for n in self._replica_set(bucket, key, placement) if n != self.node_id)
             if candidates:
                 remote[key] = candidates
         attempt = 0
@@ -282,8 +283,9 @@ class Cache:
     def put_many(self, bucket: str, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         """Store several keys; one request per replica node."""
         groups: dict[tuple[str, ...], list[Record]] = defaultdict(list)
+        placement = self._current_placement()
         for key, value in mapping.items():
-            groups[self._replica_set(bucket, key)].append(self._record(bucket, key, value, ttl))
+            groups[self._replica_set(bucket, key, placement)].append(self._record(bucket, key, value, ttl))
         if groups:
             self._write(groups)
 
@@ -297,8 +299,9 @@ class Cache:
         """Delete several keys; returns how many existed."""
         self._spec(bucket)
         groups: dict[tuple[str, ...], list[Record]] = defaultdict(list)
+        placement = self._current_placement()
         for key in keys:
-            groups[self._replica_set(bucket, key)].append(Record(bucket, _check_key(key), None,
+            groups[self._replica_set(bucket, key, placement)].append(Record(bucket, _check_key(key), None,
                                                                  self._clock.now(), None))
         if not groups:
             return 0
@@ -466,7 +469,7 @@ class Cache:
         return encode_response(response)
 
     # -- placement and membership -----------------------------------------------------------------
-    def _replica_set(self, bucket: str, key: str) -> tuple[str, ...]:
+    def _current_placement(self) -> Placement:
         members = self._app.nodes()
         placement = self._placement
         if list(placement.members) != members:
@@ -474,6 +477,10 @@ class Cache:
                 if list(self._placement.members) != members:
                     self._placement = Placement(members)
                 placement = self._placement
+        return placement
+
+    def _replica_set(self, bucket: str, key: str, placement: Placement | None = None) -> tuple[str, ...]:
+        placement = placement or self._current_placement()
         return tuple(placement.replicas(bucket, key, self.replicas))
 
     def _member_event(self, event: MemberEvent) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -95,6 +96,8 @@ class LoopThread:
         self._thread_ident: int | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._running = False
+        self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._drain_pending = False
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -180,14 +183,31 @@ class LoopThread:
 
     def submit(self, fn: Callable[..., None], *args: Any) -> concurrent.futures.Future[Any]:
         """Queue ``fn(fut, *args)`` on the loop; ``fn`` completes ``fut`` now or later."""
-        loop = self._check_caller()
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        loop.call_soon_threadsafe(fn, fut, *args)
+        self.post(fn, fut, *args)
         return fut
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)`` on the loop from a caller thread (checked, not waited for)."""
-        self._check_caller().call_soon_threadsafe(fn, *args)
+        """Queue ``fn(*args)`` on the loop from a caller thread (checked, not waited for).
+
+        Calls posted while a drain is pending share one loop wake-up (one self-pipe
+        write with asyncio) instead of one each: the request path under many threads.
+        """
+        loop = self._check_caller()
+        self._inbox.append((fn, args))
+        if not self._drain_pending:
+            self._drain_pending = True
+            loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_pending = False  # before popping: a post from now on schedules another drain
+        inbox = self._inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            try:
+                fn(*args)
+            except Exception:  # a bug in the posted function: never kill the loop's drain
+                logger.exception("posted call %r failed", fn)
 
     def run_coroutine(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop (for rare operations: start, stop)."""

@@ -349,11 +349,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             if conn in self._connections:
                 self._transmit(conn)
 
-    def _transmit(self, conn: PeerConnection) -> None:
+    def _transmit(self, conn: PeerConnection, now: float | None = None) -> None:
         transport = self.transport
         quic = conn.quic
         if transport is not None:
-            for data, addr in quic.datagrams_to_send(self.loop.time()):
+            for data, addr in quic.datagrams_to_send(self.loop.time() if now is None else now):
                 transport.sendto(data, addr)
         # Re-arm only when the timer moves earlier: aioquic's timers mostly move later
         # (each ACK pushes loss detection back), and firing early is a no-op for
@@ -366,13 +366,19 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             conn._timer_handle = self.loop.call_at(timer_at, self._on_timer, conn)
 
     def _on_timer(self, conn: PeerConnection) -> None:
+        deadline = conn._timer_at
         conn._timer_handle = None
         conn._timer_at = None
-        conn.quic.handle_timer(self.loop.time())
+        # uvloop's clock moves in 1 ms steps and may fire a hair before aioquic's deadline,
+        # which aioquic would then treat as not due yet and re-arm at once (a busy spin).
+        now = self.loop.time()
+        if deadline is not None and now < deadline:
+            now = deadline
+        conn.quic.handle_timer(now)
         self._process_events(conn)
         if conn in self._connections:
             self._dirty.discard(conn)
-            self._transmit(conn)
+            self._transmit(conn, now)
 
     def _keepalive(self) -> None:
         now = self.loop.time()

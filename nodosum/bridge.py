@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .errors import LoopThreadError, NodeNotRunning
+from .workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class LoopThread:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._thread_ident: int | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._running = False
         self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._drain_pending = False
@@ -117,9 +118,7 @@ class LoopThread:
                 self._finish_loop(loop)
 
         self.loop = loop
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._worker_threads, thread_name_prefix=f"{self.name}-worker"
-        )
+        self._pool = WorkerPool(f"{self.name}-worker", self._worker_threads)
         self._thread = threading.Thread(target=run, name=f"{self.name}-loop", daemon=True)
         self._thread.start()
         started.wait()
@@ -147,7 +146,7 @@ class LoopThread:
             if self._thread.is_alive():
                 logger.error("loop thread %s did not stop within %.1fs", self._thread.name, timeout)
         in_worker = threading.current_thread().name.startswith(f"{self.name}-worker")
-        self._pool.shutdown(wait=not in_worker, cancel_futures=True)
+        self._pool.shutdown(wait=not in_worker)
 
     @property
     def running(self) -> bool:
@@ -219,9 +218,16 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)`` on the loop from any thread, without waiting."""
-        if self.loop is not None and self._running:
-            self.loop.call_soon_threadsafe(fn, *args)
+        """Queue ``fn(*args)`` on the loop from any thread, without waiting (dropped once stopped)."""
+        loop = self.loop
+        if loop is not None and self._running:
+            self._inbox.append((fn, args))
+            if not self._drain_pending:
+                self._drain_pending = True
+                try:
+                    loop.call_soon_threadsafe(self._drain)
+                except RuntimeError:  # the loop closed meanwhile
+                    pass
 
     def run_in_worker(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run a user callback on the worker pool, never on the loop thread."""
@@ -236,4 +242,4 @@ class LoopThread:
         """Run ``fn(*args)`` on the worker pool and return its future."""
         if self._pool is None or not self._running:
             raise NodeNotRunning(f"{self.name} is not running")
-        return self._pool.submit(fn, *args)
+        return self._pool.submit_future(fn, *args)

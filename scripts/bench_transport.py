@@ -52,6 +52,7 @@ ALPN = "bench"
 IN_FLIGHT = 64
 THREADS = 16
 APP_ID = "bench"
+INLINE_APP_ID = "bench-inline"  # the same echo, answered on the server's loop thread
 SERVER_ID, CLIENT_ID = "bench-server", "bench-client"
 TARGET_P50_RATIO = 1.5
 TARGET_THREADS_RPS = 10_000
@@ -313,6 +314,7 @@ def serve_node(conn: Any, ca_cert: bytes, ca_key: bytes, use_uvloop: bool) -> No
         node = Node(NodeConfig(ca_cert=ca_cert, ca_key=ca_key, node_id=SERVER_ID, host=HOST, port=0,
                                use_uvloop=use_uvloop, profile="local", membership="static")).start()
         node.register_application(APP_ID).set_request_handler(lambda payload, sender: payload)
+        node.register_application(INLINE_APP_ID).set_request_handler(lambda payload, sender: payload, inline=True)
         conn.send(("address", node.address))
         _, (peer_id, host, port) = conn.recv()
         node.add_peer(peer_id, host, port)
@@ -382,6 +384,7 @@ def nodosum_pair(use_uvloop: bool) -> Iterator[tuple[Any, Any, Any]]:
                                use_uvloop=use_uvloop, profile="local", membership="static")).start()
         try:
             app = node.register_application(APP_ID)
+            node.register_application(INLINE_APP_ID)
             host, port = expect(pipe, "address")
             node.add_peer(SERVER_ID, host, port)
             pipe.send(("peer", (CLIENT_ID, *node.address)))
@@ -397,14 +400,19 @@ def nodosum_pair(use_uvloop: bool) -> Iterator[tuple[Any, Any, Any]]:
             node.shutdown()
 
 
-def nodosum_round(app: Any, pipe: Any, requests: int, duration: float) -> tuple[Result, Result]:
+def nodosum_round(app: Any, inline_app: Any, pipe: Any, requests: int,
+                  duration: float) -> tuple[Result, Result, Result]:
     s0 = server_cpu(pipe)
     lat, elapsed, cpu = timed(lambda: run_sequential(app, requests))
     seq = Result("nodosum, 1 thread, sequential", requests, elapsed, lat, cpu, server_cpu(pipe) - s0)
     s0 = server_cpu(pipe)
     (count, elapsed, lat), _, cpu = timed(lambda: run_threads(app, THREADS, duration))
     par = Result(f"nodosum, {THREADS} threads", count, elapsed, lat, cpu, server_cpu(pipe) - s0)
-    return seq, par
+    s0 = server_cpu(pipe)
+    lat, elapsed, cpu = timed(lambda: run_sequential(inline_app, requests))
+    inline = Result("nodosum, 1 thread, sequential, inline handler", requests, elapsed, lat, cpu,
+                    server_cpu(pipe) - s0)
+    return seq, par, inline
 
 
 # ------------------------------------------------------------------------------------------ 3. report
@@ -425,11 +433,11 @@ def merge(rounds: list[Result]) -> Result:
 
 
 def report(rounds: list[tuple[Result, ...]]) -> None:
-    raw_seq, raw_pipe, seq, par, raw2_seq = (merge(list(col)) for col in zip(*rounds, strict=True))
+    raw_seq, raw_pipe, seq, par, inline, raw2_seq = (merge(list(col)) for col in zip(*rounds, strict=True))
     head = (f"{'scenario':<52} {'req/s':>9} {'(min-max of rounds)':>20} {'p50 µs':>7} {'p99 µs':>7} "
             f"{'cli CPU':>8} {'srv CPU':>8}")
     print("\n" + head + "\n" + "-" * len(head))
-    for r in (raw_seq, raw_pipe, seq, par, None, raw2_seq):
+    for r in (raw_seq, raw_pipe, seq, par, None, inline, raw2_seq):
         if r is None:
             print("for context (not a target):")
             continue
@@ -454,6 +462,8 @@ def report(rounds: list[tuple[Result, ...]]) -> None:
         ("raw 2-process sequential p50 / raw in-loop p50", f"{p50_ratio(raw2_seq, raw_seq):.2f}x",
          "(the cost of the process boundary alone)"),
         ("nodosum sequential p50 / raw 2-process sequential p50", f"{p50_ratio(seq, raw2_seq):.2f}x", ""),
+        ("nodosum inline-handler p50 / raw in-loop sequential p50", f"{p50_ratio(inline, raw_seq):.2f}x",
+         "(no worker-pool hop on the server)"),
     ]
     print("\nratios")
     for label, value, note in rows:
@@ -485,12 +495,15 @@ def main(argv: list[str] | None = None) -> int:
     with asyncio.Runner(loop_factory=lambda: new_loop(use_uvloop)) as runner, \
             child_process(serve_raw, use_uvloop) as (raw_pipe, _), \
             nodosum_pair(use_uvloop) as (node, app, pipe):
+        inline_app = node.application(INLINE_APP_ID)
+        assert inline_app.request(PAYLOAD, SERVER_ID) == PAYLOAD
+        run_sequential(inline_app, 500)  # warm-up
         loop = runner.get_loop()
         print(f"  raw baseline loop: {type(loop).__module__}.{type(loop).__name__}")
         _, raw_port = expect(raw_pipe, "address")
         for i in range(n_rounds):
             raw = runner.run(raw_in_loop(requests, pipelined))
-            ours = nodosum_round(app, pipe, requests, duration)
+            ours = nodosum_round(app, inline_app, pipe, requests, duration)
             s0 = server_cpu(raw_pipe)
             (raw2,) = runner.run(raw_client(raw_port, requests, 0, "2 processes"))
             raw2.server_cpu = server_cpu(raw_pipe) - s0

@@ -18,7 +18,6 @@ from .errors import (
     CacheTimeout,
     KeyNotFound,
     MycelError,
-    NotAnInteger,
     ProtocolError,
     ValueTooLarge,
 )

@@ -153,7 +153,7 @@ class Replicator:
         for fut in pending:  # the quorum is met (or time is up): settle stragglers in the background
             node_id = futures[fut]
             fut.add_done_callback(lambda f, n=node_id: self._late(f, n, [flat[i] for i in by_node[n]]))
-        for i, record in enumerate(flat):
+        for i in range(len(flat)):
             if acks[i] < needed[i]:
                 raise QuorumNotReached(acks[i], needed[i], len(sets[i]))
         return list(zip(applied, existed))

@@ -136,17 +136,11 @@ class Application:
         Raises RequestTimeout, RemoteError (the remote handler raised, or there is
         none) or NodeUnreachable. Many requests may be in flight at once.
         """
-        data = _as_bytes(payload)
         node = self._node
-        if timeout is None:
-            timeout = node.config.request_timeout
-        correlation_id = next(node._messaging.correlation_ids)
+        data, timeout, correlation_id = self._prepare(payload, timeout)
         if node_id == node.node_id:
             return self._request_local(data, correlation_id, timeout)
-        try:
-            frame = encode_request(correlation_id, data, max_frame_size=node.config.max_frame_size)
-        except FrameError as exc:
-            raise MessageTooLarge(str(exc)) from None
+        frame = self._request_frame(correlation_id, data)
         loop = node._loop
         waiter = Waiter()
         loop.post(node._messaging.start_request, waiter, node_id, self.app_id, stream, correlation_id, frame)
@@ -165,19 +159,25 @@ class Application:
         The future fails with RequestTimeout after ``timeout`` seconds (default:
         ``request_timeout``). Use it to have many requests in flight from one thread.
         """
-        data = _as_bytes(payload)
         node = self._node
-        if timeout is None:
-            timeout = node.config.request_timeout
-        correlation_id = next(node._messaging.correlation_ids)
+        data, timeout, correlation_id = self._prepare(payload, timeout)
         if node_id == node.node_id:
             return self._request_local_future(data, correlation_id, timeout)
-        try:
-            frame = encode_request(correlation_id, data, max_frame_size=node.config.max_frame_size)
-        except FrameError as exc:
-            raise MessageTooLarge(str(exc)) from None
+        frame = self._request_frame(correlation_id, data)
         return node._loop.submit(node._messaging.start_request, node_id, self.app_id, stream, correlation_id,
                                  frame, timeout)
+
+    def _prepare(self, payload: bytes, timeout: float | None) -> tuple[bytes, float, int]:
+        """The payload as bytes, the effective timeout and a fresh correlation id."""
+        node = self._node
+        return (_as_bytes(payload), node.config.request_timeout if timeout is None else timeout,
+                next(node._messaging.correlation_ids))
+
+    def _request_frame(self, correlation_id: int, data: bytes) -> bytes:
+        try:
+            return encode_request(correlation_id, data, max_frame_size=self._node.config.max_frame_size)
+        except FrameError as exc:
+            raise MessageTooLarge(str(exc)) from None
 
     def _request_local_future(self, data: bytes, correlation_id: int,
                               timeout: float) -> concurrent.futures.Future[bytes]:

@@ -97,6 +97,7 @@ class LoopThread:
         self._thread_ident: int | None = None
         self._pool: WorkerPool | None = None
         self._running = False
+        self.forked = False  # set in a child process forked while this loop ran
         self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._drain_pending = False
 
@@ -158,6 +159,9 @@ class LoopThread:
     # -- the bridge -----------------------------------------------------------
     def _check_caller(self) -> asyncio.AbstractEventLoop:
         if not self._running or self.loop is None:
+            if self.forked:
+                raise NodeNotRunning(f"{self.name} was started before this process forked and its loop thread "
+                                     "does not exist here; start a new Node in the child process")
             raise NodeNotRunning(f"{self.name} is not running")
         if threading.get_ident() == self._thread_ident:
             raise LoopThreadError(

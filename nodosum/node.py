@@ -258,6 +258,7 @@ class Node:
     def _forked(self) -> None:
         self._state = "forked"
         self._loop._running = False
+        self._loop.forked = True
 
     def __enter__(self) -> Node:
         return self.start()

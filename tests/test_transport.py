@@ -459,3 +459,22 @@ def test_inline_handler_answers_and_cannot_block(cluster3):
     with pytest.raises(RemoteError, match="LoopThreadError"):
         app_a.request(b"block", "b")
     assert app_a.request(b"still fine", "b") == b"enif llits"
+
+
+def test_node_is_unusable_in_a_forked_child_with_a_clear_error(cluster3):
+    app = cluster3[0].register_application("fork")
+    cluster3[1].register_application("fork").set_request_handler(lambda p, s: b"ok")
+    assert app.request(b"x", "b") == b"ok"
+    pid = os.fork()
+    if pid == 0:  # the child: the loop thread was not copied
+        code = 3
+        try:
+            app.request(b"x", "b", timeout=1)
+            code = 1
+        except NodeNotRunning as exc:
+            code = 0 if "forked" in str(exc) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert app.request(b"x", "b") == b"ok"  # the parent's node is untouched

@@ -478,3 +478,36 @@ def test_node_is_unusable_in_a_forked_child_with_a_clear_error(cluster3):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert app.request(b"x", "b") == b"ok"  # the parent's node is untouched
+
+
+def test_peer_dying_mid_request_fails_the_caller_fast(make_cluster):
+    a, b = make_cluster(["dm-a", "dm-b"])
+    app_a = a.register_application("mid")
+    entered = threading.Event()
+    release = threading.Event()
+
+    def stuck(payload: bytes, sender: str) -> bytes:
+        entered.set()
+        release.wait(20)
+        return b"too late"
+
+    b.register_application("mid").set_request_handler(stuck)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            app_a.request(b"x", "dm-b", timeout=15)
+        except BaseException as exc:  # recorded and asserted below
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert entered.wait(10)
+    start = time.monotonic()
+    closer = threading.Thread(target=b.shutdown)
+    closer.start()
+    caller.join(10)
+    release.set()
+    closer.join(15)
+    assert outcome and isinstance(outcome[0], NodeUnreachable)
+    assert time.monotonic() - start < 5  # the connection close, not the 15 s timeout, ended the wait

@@ -19,6 +19,7 @@ from .errors import (
     KeyNotFound,
     MycelError,
     ProtocolError,
+    QuorumNotReached,
     ValueTooLarge,
 )
 from .placement import Placement
@@ -65,21 +66,25 @@ class Cache:
     ``replicas`` nodes chosen by rendezvous hashing; writes wait for
     ``write_quorum`` of them ("majority", "all", "one" or a number). Reads are
     answered locally when this node holds the key, else by the primary, falling
-    back to the next replica when it fails.
+    back to the next replica when it fails. With ``read_quorum`` above one, a
+    read asks that many replicas and returns the newest version (with majority
+    writes and majority reads, every read sees every acknowledged write).
     """
 
     def __init__(self, node: Node, *, replicas: int = 3, write_quorum: str | int = "majority",
-                 remote_timeout: float = 2.0, serializer: str | Serializer = "pickle",
+                 read_quorum: str | int = 1, remote_timeout: float = 2.0, serializer: str | Serializer = "pickle",
                  max_value_size: int = 1024 * 1024, tombstone_ttl: float = 300.0) -> None:
         if not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas must be an int >= 1, not {replicas!r}")
-        quorum_size(write_quorum, 3)  # validates the policy
+        quorum_size(write_quorum, 3)  # validates the policies
+        quorum_size(read_quorum, 3)
         if remote_timeout <= 0:
             raise ValueError("remote_timeout must be positive")
         self.node = node
         self.node_id = node.node_id
         self.replicas = replicas
         self.write_quorum = write_quorum
+        self.read_quorum = read_quorum
         self.remote_timeout = remote_timeout
         self.max_value_size = max_value_size
         self.serializer = get_serializer(serializer)
@@ -184,15 +189,19 @@ class Cache:
     # -- reads -----------------------------------------------------------------------------------
     def get(self, bucket: str, key: str, default: Any = _MISSING) -> Any:
         """The value of ``key``; ``default`` (or KeyNotFound) when it is missing."""
-        try:
-            entry = self._store.get(bucket, key)
-        except BucketNotFound:
+        if self.read_quorum != 1:
             self._spec(bucket)
-            entry = self._store.get(bucket, key)
-        if entry is not None:
-            obj = entry.obj
-            return obj if obj is not UNSET else self._decode(entry)
-        record = self._read_remote(bucket, _check_key(key))
+            record = self._read_quorum(bucket, _check_key(key))
+        else:
+            try:
+                entry = self._store.get(bucket, key)
+            except BucketNotFound:
+                self._spec(bucket)
+                entry = self._store.get(bucket, key)
+            if entry is not None:
+                obj = entry.obj
+                return obj if obj is not UNSET else self._decode(entry)
+            record = self._read_remote(bucket, _check_key(key))
         if record is None or record.data is None:
             if default is _MISSING:
                 raise KeyNotFound(bucket, key)
@@ -230,6 +239,52 @@ class Cache:
                 self._apply_local(record)  # read repair: this replica missed the write
             return record
         raise CacheTimeout(f"no replica of {bucket}/{key} answered: {last_error}")
+
+    def _read_quorum(self, bucket: str, key: str) -> Record | None:
+        """Ask ``read_quorum`` replicas (this node counts when it is one); newest version wins,
+        and replicas that answered with an older one are repaired."""
+        replica_set = self._replica_set(bucket, key)
+        needed = quorum_size(self.read_quorum, len(replica_set))
+        answers: dict[str, Record | None] = {}
+        if self.node_id in replica_set:
+            entry = self._store.peek(bucket, key)
+            answers[self.node_id] = None if entry is None else Record(
+                bucket, key, entry.data, entry.version, self._store.remaining_ttl(entry))
+        payload = encode_request(GetRequest(bucket, [key]))
+        futures = {self._app.request_future(payload, n, self.remote_timeout): n
+                   for n in replica_set if n != self.node_id}
+        pending = set(futures)
+        deadline = time.monotonic() + self.remote_timeout + 0.5
+        while pending and len(answers) < needed:
+            done, pending = concurrent.futures.wait(pending, timeout=max(0.0, deadline - time.monotonic()),
+                                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:
+                break
+            for fut in done:
+                try:
+                    response = decode_response(Op.GET, fut.result())
+                except (NodosumError, ProtocolError):
+                    self._counts["read_fallbacks"] += 1
+                    continue
+                if isinstance(response, ErrorResponse):
+                    raise response.to_exception()
+                assert isinstance(response, GetResponse)
+                answers[futures[fut]] = response.records[0]
+        if len(answers) < needed:
+            raise QuorumNotReached(len(answers), needed, len(replica_set),
+                                   f"read of {bucket}/{key}: {len(answers)} of {needed} replicas answered")
+        records = [r for r in answers.values() if r is not None]
+        if not records:
+            return None
+        newest = max(records, key=lambda r: r.version)
+        stale = [n for n, r in answers.items() if r is None or r.version < newest.version]
+        for node_id in stale:
+            self._counts["read_repairs"] += 1
+            if node_id == self.node_id:
+                self._apply_local(newest)
+            else:
+                self._replicator.send(node_id, [newest])  # fire and forget: a repair, not a write
+        return newest
 
     def get_many(self, bucket: str, keys: Iterable[str]) -> dict[str, Any]:
         """Values of the keys that exist (missing keys are left out); one request per node."""
@@ -443,7 +498,8 @@ class Cache:
         records: list[Record | None] = []
         now = time.monotonic()
         for key in request.keys:
-            entry = self._store.get(request.bucket, key)
+            # a tombstone is answered too, so a quorum read can tell a newer delete from a stale value
+            entry = self._store.get(request.bucket, key) or self._store.peek(request.bucket, key)
             if entry is None:
                 records.append(None)
             else:

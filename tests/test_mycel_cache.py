@@ -249,3 +249,29 @@ def test_graceful_close_hands_keys_off(make_caches):
     for k in mine:
         holder = next(c for c in caches[:3] if c.node_id == others.replicas("solo", k, 1)[0])
         assert holder._store.get("solo", k) is not None
+
+
+def test_quorum_reads_see_past_a_stale_replica(make_cluster):
+    nodes = make_cluster(["q0", "q1", "q2"])
+    fast = Cache(nodes[0])
+    strong = Cache(nodes[1], read_quorum="majority")
+    third = Cache(nodes[2])
+    fast.create_bucket("b")
+    fast.put("b", "k", "v1")
+    stale_version = fast._store.peek("b", "k").version
+    fast.put("b", "k", "v2")
+    # q0 and q1 lose v2: q0 keeps a stale v1, q1 holds nothing
+    fast._store.remove("b", "k")
+    fast._store.apply("b", "k", fast.serializer.dumps("v1"), stale_version, None)
+    strong._store.remove("b", "k")
+    assert fast.get("b", "k") == "v1"  # a one-replica read answers from its stale local copy
+    assert strong.get("b", "k") == "v2"  # a majority read finds q2's newer version ...
+    assert wait_for(lambda: fast._store.peek("b", "k").version > stale_version)  # ... and repairs q0
+    assert fast.get("b", "k") == "v2"
+    # a newer delete beats a stale value too
+    third.delete("b", "k")
+    fast._store.remove("b", "k")
+    fast._store.apply("b", "k", fast.serializer.dumps("v1"), stale_version, None)
+    assert strong.get("b", "k", "gone") == "gone"
+    for cache in (fast, strong, third):
+        cache.close(handoff=False)

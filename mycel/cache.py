@@ -477,9 +477,11 @@ class Cache:
             if isinstance(request, GetRequest):
                 response: Any = self._serve_get(request)
             elif isinstance(request, ApplyRequest):
-                response = ApplyResponse([self._apply_or_flag(r) for r in request.records])
+                response = ApplyResponse([self._apply_local(r) for r in request.records])
             elif isinstance(request, BucketsRequest):
                 conflict = self._learn_buckets(request.specs)
+                # create_bucket sends its one spec and must hear of a conflict; a sync of the
+                # whole list only logs it (and still gets our list back)
                 if conflict is not None and len(request.specs) == 1:
                     response = ErrorResponse(ErrorCode.CONFLICT, conflict)
                 else:
@@ -506,9 +508,6 @@ class Cache:
                 records.append(Record(request.bucket, key, entry.data, entry.version,
                                       self._store.remaining_ttl(entry, now)))
         return GetResponse(records)
-
-    def _apply_or_flag(self, record: Record) -> tuple[bool, bool]:
-        return self._apply_local(record)
 
     def _handle_primary(self, payload: bytes, sender: str) -> bytes:
         """Worker-pool handler for add / incr / set_ttl (they replicate, so they block)."""

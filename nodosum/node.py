@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -242,8 +243,6 @@ class Node:
         logger.info("node %s shut down", self.node_id)
 
     async def _aclose(self) -> None:
-        import asyncio
-
         if isinstance(self._membership, GossipMembership):
             await self._membership.leave(self.config.leave_timeout)
         if self._membership is not None:

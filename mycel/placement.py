@@ -78,7 +78,7 @@ class Placement:
             raise ValueError(f"n must be at least 1, not {n!r}")
         mask, mix1, mix2 = _MASK, _MIX1, _MIX2
         # Inlined score(): this runs on every remote operation.
-        scored = []
+        scored: list[tuple[int, str]] = []
         append = scored.append
         for m, name in self._hashed:
             z = ((h ^ m) * mix1) & mask

@@ -675,7 +675,7 @@ def _dec_get_request(buf: bytes, p: int) -> tuple[GetRequest, int]:
     bucket, p = _read_str16(buf, p, "bucket")
     count, p = _read_count(buf, p, _MIN_STR16, "keys")
     end = len(buf)
-    keys = []
+    keys: list[str] = []
     append = keys.append
     for _ in range(count):
         (n,) = _unpack16(buf, p)
@@ -690,7 +690,7 @@ def _dec_get_request(buf: bytes, p: int) -> tuple[GetRequest, int]:
 
 def _dec_apply_request(buf: bytes, p: int) -> tuple[ApplyRequest, int]:
     count, p = _read_count(buf, p, _MIN_RECORD, "records")
-    records = []
+    records: list[Record] = []
     append = records.append
     for _ in range(count):
         record, p = _read_record(buf, p)

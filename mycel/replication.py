@@ -6,6 +6,7 @@ Everything here talks to other nodes only through nodosum's Application API.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
@@ -152,7 +153,8 @@ class Replicator:
                 self._count(fut, futures[fut], by_node[futures[fut]], flat, acks, applied, existed)
         for fut in pending:  # the quorum is met (or time is up): settle stragglers in the background
             node_id = futures[fut]
-            fut.add_done_callback(lambda f, n=node_id: self._late(f, n, [flat[i] for i in by_node[n]]))
+            fut.add_done_callback(functools.partial(self._late, node_id=node_id,
+                                                    records=[flat[i] for i in by_node[node_id]]))
         for i in range(len(flat)):
             if acks[i] < needed[i]:
                 raise QuorumNotReached(acks[i], needed[i], len(sets[i]))

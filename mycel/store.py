@@ -280,10 +280,10 @@ class LocalStore:
                 index.add((expires_at, bucket, key))
                 return (True, existed)
 
-            expires_at = None if ttl is None or ttl == math.inf else now + ttl
-            live[key] = Entry(data, version, expires_at)
-            if expires_at is not None:
-                index.add((expires_at, bucket, key))
+            expiry: float | None = None if ttl is None or ttl == math.inf else now + ttl
+            live[key] = Entry(data, version, expiry)
+            if expiry is not None:
+                index.add((expiry, bucket, key))
             max_len = b.spec.max_len
             if max_len is not None and len(live) > max_len:
                 self._evict(bucket, live, max_len)

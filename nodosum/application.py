@@ -200,7 +200,9 @@ class Application:
 
         work.add_done_callback(finish)
         timed_out = RequestTimeout(f"no response from local handler within {timeout}s")
-        node._loop.call_soon(lambda: node._loop.loop.call_later(timeout, resolve, result, None, timed_out))
+        loop = node._loop.loop
+        assert loop is not None
+        node._loop.call_soon(lambda: loop.call_later(timeout, resolve, result, None, timed_out))
         return result
 
     def _request_local(self, data: bytes, correlation_id: int, timeout: float) -> bytes:

@@ -10,8 +10,8 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from .application import Application, ReceiveHandler, RequestHandler
 from .bridge import LoopThread
@@ -80,6 +80,7 @@ class Node:
         elif settings:
             config = config.replace(**settings)
         self.config = config
+        assert config.ca_cert is not None  # NodeConfig requires it
         self.identity = ClusterIdentity.from_config(
             config.node_id, config.ca_cert, config.ca_key, config.cert, config.key,
             valid_seconds=config.cert_validity,
@@ -100,7 +101,7 @@ class Node:
         self._membership: StaticMembership | GossipMembership | None = None
         self._swim_config = SwimConfig.profile(config.profile, **dict(config.swim))
         if config.gossip_keys:
-            self.keyring = Keyring(config.gossip_keys)
+            self.keyring = Keyring(cast(Sequence[bytes], config.gossip_keys))  # parsed to bytes by NodeConfig
         else:
             self.keyring = Keyring([Keyring.generate()])
         self._joined = False
@@ -175,7 +176,7 @@ class Node:
         else:
             gossip = GossipMembership(
                 local, self._swim_config, keyring=self.keyring, share_keys=not config.gossip_keys,
-                label=config.gossip_label.encode(), seeds=list(config.seeds), messaging=self._messaging,
+                label=config.gossip_label.encode(), seeds=list(cast(Sequence[tuple[str, int]], config.seeds)), messaging=self._messaging,
                 counters=self.counters, send=self._send_datagram, request_timeout=config.request_timeout,
                 on_joined=self._on_joined, incarnation=int(time.time() * 1000),
             )

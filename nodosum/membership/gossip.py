@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -109,7 +110,7 @@ class GossipMembership:
             return
         for address in self.seeds:
             fut: concurrent.futures.Future[str] = concurrent.futures.Future()
-            fut.add_done_callback(lambda f, a=address: self._loop.call_soon(self._seed_connected, f, a))
+            fut.add_done_callback(functools.partial(self._seed_answered, address))
             self.messaging.connect_address(fut, address)
         self._join_attempts += 1
         delay = min(JOIN_RETRY_MAX, JOIN_RETRY_MIN * 2 ** min(self._join_attempts, 10))
@@ -121,6 +122,9 @@ class GossipMembership:
             logger.info("%s: no seed answered yet (%s); retrying", self.local.node_id,
                         ", ".join(f"{h}:{p}" for h, p in self.seeds))
             self._join_seeds()
+
+    def _seed_answered(self, address: tuple[str, int], fut: concurrent.futures.Future[str]) -> None:
+        self._loop.call_soon(self._seed_connected, fut, address)
 
     def _seed_connected(self, fut: concurrent.futures.Future[str], address: tuple[str, int]) -> None:
         if self._stopped:

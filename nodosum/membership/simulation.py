@@ -347,8 +347,8 @@ class Simulation:
             state = swim.state_of(member)
             inc = state.incarnation if state is not None else None
             self.timeline.append(TimelineEvent(self.now, node.node_id, event.kind, member, inc))
-        for member in swim.push_pull_requests():
-            self._exchange(node, member.address, join=False)
+        for peer in swim.push_pull_requests():
+            self._exchange(node, peer.address, join=False)
         if not node.up:
             return
         deadline = swim.next_deadline()

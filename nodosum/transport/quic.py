@@ -239,8 +239,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         return conn
 
     # -- connections -----------------------------------------------------------
-    def dial(self, address: tuple[str, int], expected_node_id: str) -> PeerConnection:
-        """Start a connection to ``address``, which must prove it is ``expected_node_id``."""
+    def dial(self, address: tuple[str, int], expected_node_id: str | None) -> PeerConnection:
+        """Start a connection to ``address``, which must prove it is ``expected_node_id``
+        (None: any member of the cluster CA, as when dialling a seed by address)."""
         quic = _MutualTLSConnection(configuration=self._client_config)
         conn = PeerConnection(quic, self, address, dialled=True, expected_node_id=expected_node_id)
         self._register(conn)

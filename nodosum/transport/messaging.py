@@ -191,6 +191,8 @@ class Messaging:
             for conn in (peer.conn, peer.dialling, *peer.retiring):
                 if conn is not None:
                     conn.close(ERR_MEMBER_GONE, f"member {event.kind.value}")
+            if peer.conn is None and peer.dialling is None and not peer.retiring:
+                del self.peers[member.node_id]  # nothing left of it: forget it (churn must not grow this map)
 
     def _peer(self, node_id: str) -> PeerState:
         peer = self.peers.get(node_id)

@@ -254,14 +254,10 @@ class LocalStore:
         at once, its version remembered). The caller resolves a bucket's default TTL before
         calling. Returns ``(applied, existed)``; ``existed`` means a live value was there.
         """
-        if ttl is not None and (ttl != ttl):  # NaN
-            raise ValueError("ttl must be a number of seconds or None, not NaN")
+        _check_ttl(ttl)
         with self._lock:
-            b = self._get_bucket(bucket)
-            now = self._clock()
+            b, now = self._open(bucket)
             index = self._index
-            if index and index[0][0] <= now:
-                self._purge(now)
             live = b.live
             current = live.get(key)
             existed = current is not None
@@ -289,20 +285,24 @@ class LocalStore:
                 self._evict(bucket, live, max_len)
             return (True, existed)
 
+    def _open(self, bucket: str) -> tuple[_Bucket, float]:
+        """The bucket and the current time, with everything already expired purged (lock held)."""
+        b = self._get_bucket(bucket)
+        now = self._clock()
+        if self._index and self._index[0][0] <= now:
+            self._purge(now)
+        return b, now
+
     def set_expiry(self, bucket: str, key: str, ttl: float | None) -> bool:
         """Change a live value's expiry in place, keeping its version; False if there is none.
 
         ``ttl <= 0`` turns the value into a tombstone with the same version. A value
         that stays live is marked recently used (a touch).
         """
-        if ttl is not None and (ttl != ttl):
-            raise ValueError("ttl must be a number of seconds or None, not NaN")
+        _check_ttl(ttl)
         with self._lock:
-            b = self._get_bucket(bucket)
-            now = self._clock()
+            b, now = self._open(bucket)
             index = self._index
-            if index and index[0][0] <= now:
-                self._purge(now)
             live = b.live
             entry = live.get(key)
             if entry is None:
@@ -423,3 +423,8 @@ class LocalStore:
                 del b.tombs[key]
                 self._tombstones_expired += 1
         return len(due)
+
+
+def _check_ttl(ttl: float | None) -> None:
+    if ttl is not None and ttl != ttl:  # NaN
+        raise ValueError("ttl must be a number of seconds or None, not NaN")

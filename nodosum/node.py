@@ -113,6 +113,7 @@ class Node:
         self._state = "new"
         self._state_lock = threading.Lock()
         self._local_delivery = InboundDelivery()
+        self._event_delivery = InboundDelivery()
 
     def __repr__(self) -> str:
         return f"<Node {self.node_id!r} {self._state}>"
@@ -319,15 +320,17 @@ class Node:
         assert self._membership is not None
         self._member_ids = tuple(sorted(m.node_id for m in self._membership.members()))
         self._messaging.member_event(event)
-        for listener in list(self._listeners):
-            self._loop.run_in_worker(self._call_listener, listener, event)
+        if self._listeners:
+            # one ordered queue: listeners see a join before the leave that follows it
+            self._messaging.deliver(self._event_delivery, self._call_listeners, event, self.node_id)
 
-    def _call_listener(self, listener: MemberListener, event: MemberEvent) -> None:
-        try:
-            listener(event)
-        except Exception:
-            self.counters.inc("handler_errors")
-            logger.exception("member event listener raised on %s", event)
+    def _call_listeners(self, event: MemberEvent, _sender: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                self.counters.inc("handler_errors")
+                logger.exception("member event listener raised on %s", event)
 
     # -- applications ------------------------------------------------------------------
     def register_application(self, app_id: str) -> Application:

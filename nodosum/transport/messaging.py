@@ -86,7 +86,7 @@ class InboundDelivery:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.queue: deque[tuple[ReceiveHandler, bytes]] = deque()
+        self.queue: deque[tuple[Callable[[Any, str], None], Any]] = deque()
         self.draining = False
 
 
@@ -488,7 +488,8 @@ class Messaging:
         assert conn.node_id is not None
         self.deliver(state.delivery, handler, payload, conn.node_id)
 
-    def deliver(self, delivery: InboundDelivery, handler: ReceiveHandler, payload: bytes, sender: str) -> None:
+    def deliver(self, delivery: InboundDelivery, handler: Callable[[Any, str], None], payload: Any,
+                sender: str) -> None:
         """Queue a message for ordered delivery on the worker pool."""
         with delivery.lock:
             if len(delivery.queue) >= self.max_pending_requests:

@@ -163,6 +163,10 @@ class Messaging:
         # correlation id -> (future, connection, expiry timer or None)
         self.pending: dict[int, tuple[concurrent.futures.Future[bytes], PeerConnection, Any]] = {}
         self.correlation_ids = itertools.count(1)  # shared by every application of the node
+        # Work that wakes another thread (a blocked caller, a handler) waits until this tick's
+        # packets are sent: the woken thread then finds the loop about to idle instead of
+        # competing with it for the GIL while it transmits.
+        self.after_transmit: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._address_dials: dict[PeerConnection, concurrent.futures.Future[str]] = {}
         self._closing = False
 
@@ -265,6 +269,12 @@ class Messaging:
             resolve(fut, error=NodeUnreachable(reason))
 
     # -- connection events (QuicEndpoint's handler) --------------------------------------
+    def transmitted(self) -> None:
+        """Called by the endpoint after each coalesced transmit."""
+        work, self.after_transmit = self.after_transmit, []
+        for fn, args in work:
+            fn(*args)
+
     def connection_verified(self, conn: PeerConnection) -> None:
         conn.user = ConnState()
         assert conn.node_id is not None
@@ -410,9 +420,9 @@ class Messaging:
             if entry[2] is not None:
                 entry[2].cancel()
             if frame.error is None:
-                resolve(entry[0], frame.payload)
+                self.after_transmit.append((resolve, (entry[0], frame.payload)))
             else:
-                resolve(entry[0], error=RemoteError(frame.error, conn.node_id))
+                self.after_transmit.append((resolve, (entry[0], None, RemoteError(frame.error, conn.node_id))))
             return
         if frame_type is Request:
             self._dispatch_request(conn, stream_id, state.app_id, frame)
@@ -445,8 +455,9 @@ class Messaging:
             assert conn.node_id is not None
             conn.send(stream_id, self.run_handler(handler, frame.payload, conn.node_id, frame.correlation_id))
             return
-        self.loop_thread.run_in_worker(self._run_request, handler, frame.payload, conn, stream_id,
-                                       frame.correlation_id)
+        self.after_transmit.append((self.loop_thread.run_in_worker,
+                                    (self._run_request, handler, frame.payload, conn, stream_id,
+                                     frame.correlation_id)))
 
     def _run_request(self, handler: RequestHandler, payload: bytes, conn: PeerConnection, stream_id: int,
                      correlation_id: int) -> None:

@@ -74,6 +74,9 @@ class ConnectionHandler(Protocol):
 
     def stream_reset(self, conn: PeerConnection, stream_id: int, error_code: int) -> None: ...
 
+    def transmitted(self) -> None:
+        """After each coalesced transmit (deferred wake-ups run here)."""
+
 
 class PeerConnection:
     """One QUIC connection to one peer, in either role."""
@@ -349,6 +352,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         for conn in dirty:
             if conn in self._connections:
                 self._transmit(conn)
+        self.handler.transmitted()
 
     def _transmit(self, conn: PeerConnection, now: float | None = None) -> None:
         transport = self.transport
@@ -380,6 +384,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         if conn in self._connections:
             self._dirty.discard(conn)
             self._transmit(conn, now)
+        self.handler.transmitted()
 
     def _keepalive(self) -> None:
         now = self.loop.time()

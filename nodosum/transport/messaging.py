@@ -626,6 +626,7 @@ class Messaging:
 
     def close(self) -> None:
         """Stop dialling and fail everything still waiting (before the endpoint closes)."""
+        self.transmitted()  # responses that already arrived are delivered, not failed
         self._closing = True
         for peer in self.peers.values():
             self._cancel_redial(peer)

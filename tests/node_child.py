@@ -1,7 +1,7 @@
 """A gossip node (optionally with a cache) in its own process, for kill -9 tests.
 
 stdin: one JSON line {"ca": [cert, key], "node_id": ..., "seeds": ["host:port"], "swim": {...},
-                      "cache": bool, "replicas": n}
+                      "cache": bool, "replicas": n, "host": ..., "port": n, "echo": bool}
 stdout: "host port" once listening, then "ready" once joined. Exits when stdin closes.
 """
 
@@ -15,9 +15,12 @@ from nodosum import Node, NodeConfig
 def main() -> None:
     spec = json.loads(sys.stdin.readline())
     cert, key = (s.encode() for s in spec["ca"])
-    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], port=spec.get("port", 0),
+    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], host=spec.get("host", "127.0.0.1"),
+                           port=spec.get("port", 0),
                            profile="local",
                            seeds=spec.get("seeds", []), swim=spec.get("swim", {}))).start()
+    if spec.get("echo"):
+        node.register_application("echo").set_request_handler(lambda payload, sender: payload)
     print(*node.address, flush=True)
     node.ready(30)
     if spec.get("cache"):

@@ -107,6 +107,8 @@ def test_requests_and_membership_survive_ten_percent_loss(ca, netns):
         for i in range(300):  # every request is answered: QUIC retransmits what the network drops
             payload = f"request {i}".encode() * 20
             assert app.request(payload, "there", timeout=10) == payload
+        big = os.urandom(2 * 1024 * 1024)  # hundreds of packets: retransmission under a congestion window
+        assert app.request(big, "there", timeout=30) == big
         # several probe rounds under loss (local profile: 1 s) with no false failure
         while time.monotonic() - start < 8:
             assert app.request(b"still", "there", timeout=10) == b"still"

@@ -1,8 +1,8 @@
 """nodosum: the cluster layer — membership, QUIC transport with mutual TLS, applications."""
 
 import logging
+from typing import TYPE_CHECKING, Any
 
-from .application import Application
 from .config import NodeConfig
 from .errors import (
     ApplicationError,
@@ -17,9 +17,26 @@ from .errors import (
     RequestTimeout,
 )
 from .membership import Member, MemberEvent, MemberEventKind
-from .node import Node
+
+if TYPE_CHECKING:
+    from .application import Application
+    from .node import Node
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    # Node and Application load the transport (and with it the certificate module) on
+    # first use, so that `python -m nodosum.certs` runs without importing itself twice.
+    if name == "Node":
+        from .node import Node
+
+        return Node
+    if name == "Application":
+        from .application import Application
+
+        return Application
+    raise AttributeError(f"module 'nodosum' has no attribute {name!r}")
 
 __all__ = [
     "Application", "ApplicationError", "BackpressureError", "ConfigError", "Member", "MemberEvent", "MemberEventKind",

@@ -357,8 +357,10 @@ class Messaging:
         assert conn.node_id is not None
         key: StreamKey = (conn.node_id, app_id, name)
         stream = self.registry.get(key)
-        if stream is not None and stream.conn is conn:
-            return stream
+        if stream is not None:
+            if stream.conn is conn:
+                return stream
+            self.registry.close(stream)  # it rides another (retired) connection: open a fresh one here
 
         def create() -> OutboundStream:
             return OutboundStream(key, conn, conn.new_stream())

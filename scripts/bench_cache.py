@@ -45,6 +45,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from benchlib import Result, fmt, merge, uvloop_version  # scripts/ is on sys.path when run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, ROOT)
@@ -61,14 +63,6 @@ TARGET_P50_RATIO = 5.0        # mycel remote get p50 / redis-py GET p50, at most
 TARGET_THREADS_RATIO = 1.0    # mycel 16-thread get ops/s / redis-py 16-thread GET ops/s, at least
 
 # ------------------------------------------------------------------------------------------ shared helpers
-
-
-def uvloop_version() -> str | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return getattr(uvloop, "__version__", "?")
 
 
 def optional(module: str) -> Any:
@@ -88,40 +82,6 @@ def proc_cpu(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
-
-
-class Result:
-    """One scenario's figures: operations, wall time, latencies (ns, per call), client and server CPU s."""
-
-    def __init__(self, name: str, count: int, elapsed: float, latencies_ns: list[int] | None = None,
-                 cpu: float | None = None, server_cpu: float | None = None, per_call: int = 1) -> None:
-        self.name, self.count, self.elapsed = name, count, elapsed
-        self.cpu, self.server_cpu, self.per_call = cpu, server_cpu, per_call
-        self.lat = sorted(latencies_ns or [])
-        self.per_round = [self.rate]
-
-    @property
-    def rate(self) -> float:
-        """Operations (single gets, or keys for a batch row) per second."""
-        return self.count / self.elapsed
-
-    def pct_us(self, q: float) -> float | None:
-        return self.lat[min(len(self.lat) - 1, int(q * len(self.lat)))] / 1000 if self.lat else None
-
-    def per_op_us(self, cpu: float | None) -> float | None:
-        return None if cpu is None else cpu / self.count * 1e6
-
-
-def merge(rounds: list[Result]) -> Result:
-    """Pool the rounds of one scenario: total count over total time, all latencies, summed CPU."""
-    def total(values: list[float | None]) -> float | None:
-        return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
-
-    out = Result(rounds[0].name, sum(r.count for r in rounds), sum(r.elapsed for r in rounds),
-                 [x for r in rounds for x in r.lat], total([r.cpu for r in rounds]),
-                 total([r.server_cpu for r in rounds]), rounds[0].per_call)
-    out.per_round = [r.rate for r in rounds]
-    return out
 
 
 class Target:
@@ -540,10 +500,6 @@ def warm_up(t: Target) -> None:
     run_sequential(t.get, t.keys, 300)
     run_threads(t.threaded_get, t.keys, THREADS, 0.3)
     run_batches(t.get_many, t.keys[:BATCH], 0.0, 2)
-
-
-def fmt(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def spread(r: Result) -> str:

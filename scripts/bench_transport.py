@@ -46,6 +46,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from benchlib import Result, fmt, merge, uvloop_version  # scripts/ is on sys.path when run
+
 PAYLOAD = b"x" * 100
 HOST = "127.0.0.1"
 ALPN = "bench"
@@ -60,40 +62,12 @@ TARGET_THREADS_RPS = 10_000
 # ------------------------------------------------------------------------------------------ shared helpers
 
 
-def uvloop_version() -> str | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return getattr(uvloop, "__version__", "?")
-
-
 def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
     if use_uvloop:
         import uvloop
 
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()
-
-
-class Result:
-    """One scenario's figures: count, wall time, latencies (ns) and client CPU seconds."""
-
-    def __init__(self, name: str, count: int, elapsed: float, latencies_ns: list[int] | None = None,
-                 cpu: float | None = None, server_cpu: float | None = None) -> None:
-        self.name, self.count, self.elapsed, self.cpu, self.server_cpu = name, count, elapsed, cpu, server_cpu
-        self.lat = sorted(latencies_ns or [])
-        self.per_round = [self.rps]  # req/s of each round, once merged
-
-    @property
-    def rps(self) -> float:
-        return self.count / self.elapsed
-
-    def pct_us(self, q: float) -> float | None:
-        return self.lat[min(len(self.lat) - 1, int(q * len(self.lat)))] / 1000 if self.lat else None
-
-    def per_op_us(self, cpu: float | None) -> float | None:
-        return None if cpu is None else cpu / self.count * 1e6
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -418,20 +392,6 @@ def nodosum_round(app: Any, inline_app: Any, pipe: Any, requests: int,
 # ------------------------------------------------------------------------------------------ 3. report
 
 
-def fmt(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def merge(rounds: list[Result]) -> Result:
-    """Pool the rounds of one scenario: total count over total time, all latencies, summed CPU."""
-    cpu = None if rounds[0].cpu is None else sum(r.cpu or 0.0 for r in rounds)
-    srv = None if rounds[0].server_cpu is None else sum(r.server_cpu or 0.0 for r in rounds)
-    out = Result(rounds[0].name, sum(r.count for r in rounds), sum(r.elapsed for r in rounds),
-                 [x for r in rounds for x in r.lat], cpu, srv)
-    out.per_round = [r.rps for r in rounds]
-    return out
-
-
 def report(rounds: list[tuple[Result, ...]]) -> None:
     raw_seq, raw_pipe, seq, par, inline, raw2_seq = (merge(list(col)) for col in zip(*rounds, strict=True))
     head = (f"{'scenario':<52} {'req/s':>9} {'(min-max of rounds)':>20} {'p50 µs':>7} {'p99 µs':>7} "
@@ -442,7 +402,7 @@ def report(rounds: list[tuple[Result, ...]]) -> None:
             print("for context (not a target):")
             continue
         spread = f"({min(r.per_round):,.0f}-{max(r.per_round):,.0f})"
-        print(f"{r.name:<52} {fmt(r.rps):>9} {spread:>20} {fmt(r.pct_us(0.5)):>7} {fmt(r.pct_us(0.99)):>7} "
+        print(f"{r.name:<52} {fmt(r.rate):>9} {spread:>20} {fmt(r.pct_us(0.5)):>7} {fmt(r.pct_us(0.99)):>7} "
               f"{fmt(r.per_op_us(r.cpu), '.1f'):>8} {fmt(r.per_op_us(r.server_cpu), '.1f'):>8}")
     print("CPU columns: process CPU µs per request (user+sys, all threads); in-loop raw aioquic runs both sides in\n"
           "one process, so its 'cli CPU' covers both. Latencies are pooled over all rounds.")
@@ -455,10 +415,10 @@ def report(rounds: list[tuple[Result, ...]]) -> None:
     rows = [
         ("nodosum sequential p50 / raw in-loop sequential p50", f"{ratio:.2f}x",
          f"target <= {TARGET_P50_RATIO}x: {'met' if ratio <= TARGET_P50_RATIO else 'NOT met'} (rounds: {per_round})"),
-        (f"nodosum {THREADS}-thread req/s", f"{par.rps:,.0f}",
-         f"target >= {TARGET_THREADS_RPS:,}: {'met' if par.rps >= TARGET_THREADS_RPS else 'NOT met'}"),
-        (f"nodosum {THREADS}-thread req/s / raw {IN_FLIGHT}-in-flight req/s", f"{par.rps / raw_pipe.rps:.2f}x", ""),
-        ("nodosum sequential req/s / raw in-loop sequential req/s", f"{seq.rps / raw_seq.rps:.2f}x", ""),
+        (f"nodosum {THREADS}-thread req/s", f"{par.rate:,.0f}",
+         f"target >= {TARGET_THREADS_RPS:,}: {'met' if par.rate >= TARGET_THREADS_RPS else 'NOT met'}"),
+        (f"nodosum {THREADS}-thread req/s / raw {IN_FLIGHT}-in-flight req/s", f"{par.rate / raw_pipe.rate:.2f}x", ""),
+        ("nodosum sequential req/s / raw in-loop sequential req/s", f"{seq.rate / raw_seq.rate:.2f}x", ""),
         ("raw 2-process sequential p50 / raw in-loop p50", f"{p50_ratio(raw2_seq, raw_seq):.2f}x",
          "(the cost of the process boundary alone)"),
         ("nodosum sequential p50 / raw 2-process sequential p50", f"{p50_ratio(seq, raw2_seq):.2f}x", ""),
@@ -508,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             (raw2,) = runner.run(raw_client(raw_port, requests, 0, "2 processes"))
             raw2.server_cpu = server_cpu(raw_pipe) - s0
             rounds.append((*raw, *ours, raw2))
-            print(f"  round {i + 1}/{n_rounds}: " + ", ".join(f"{r.rps:,.0f}/s" for r in rounds[-1]))
+            print(f"  round {i + 1}/{n_rounds}: " + ", ".join(f"{r.rate:,.0f}/s" for r in rounds[-1]))
         stats = node.stats()
     report(rounds)
     print(f"\nclient node counters: {({k: v for k, v in stats.items() if v}) or 'all zero'}")

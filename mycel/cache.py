@@ -123,7 +123,6 @@ class Cache:
         payload = encode_request(BucketsRequest([spec]))
         futures = {self._app.request_future(payload, n, self.remote_timeout): n
                    for n in self._app.nodes() if n != self.node_id}
-        self._store.create_bucket(spec)
         for fut, node_id in futures.items():
             try:
                 response = decode_response(Op.BUCKETS, fut.result(self.remote_timeout + 1))
@@ -132,6 +131,12 @@ class Cache:
                 continue
             if isinstance(response, ErrorResponse):
                 raise response.to_exception()
+            assert isinstance(response, BucketsResponse)
+            theirs = next((b for b in response.specs if b.name == name), None)
+            if theirs is not None and theirs != spec:
+                raise BucketConflict(f"bucket {name!r} exists on {node_id!r} as {_describe(theirs)}, "
+                                     f"not {_describe(spec)}")
+        self._store.create_bucket(spec)
 
     def buckets(self) -> list[BucketSpec]:
         """Every bucket this node knows."""
@@ -175,16 +180,13 @@ class Cache:
         assert isinstance(response, BucketsResponse)
         self._learn_buckets(response.specs)
 
-    def _learn_buckets(self, specs: Iterable[BucketSpec]) -> str | None:
-        conflict = None
+    def _learn_buckets(self, specs: Iterable[BucketSpec]) -> None:
         for spec in specs:
             try:
                 self._store.create_bucket(spec)
             except BucketConflict as exc:
                 self._counts["bucket_conflicts"] += 1
                 logger.warning("conflicting definitions of bucket %r: %s", spec.name, exc)
-                conflict = str(exc)
-        return conflict
 
     # -- reads -----------------------------------------------------------------------------------
     def get(self, bucket: str, key: str, default: Any = _MISSING) -> Any:
@@ -479,13 +481,9 @@ class Cache:
             elif isinstance(request, ApplyRequest):
                 response = ApplyResponse([self._apply_local(r) for r in request.records])
             elif isinstance(request, BucketsRequest):
-                conflict = self._learn_buckets(request.specs)
-                # create_bucket sends its one spec and must hear of a conflict; a sync of the
-                # whole list only logs it (and still gets our list back)
-                if conflict is not None and len(request.specs) == 1:
-                    response = ErrorResponse(ErrorCode.CONFLICT, conflict)
-                else:
-                    response = BucketsResponse(self._store.buckets())
+                # a conflict is logged here; the sender sees it in our list (create_bucket raises)
+                self._learn_buckets(request.specs)
+                response = BucketsResponse(self._store.buckets())
             else:
                 response = ErrorResponse(ErrorCode.BAD_REQUEST, f"{type(request).__name__} goes to the primary app")
         except BucketNotFound as exc:

@@ -187,6 +187,13 @@ def test_buckets_are_cluster_wide(make_caches):
         assert [b.name for b in cache.buckets()] == ["shared"]
     with pytest.raises(BucketConflict):
         caches[0].create_bucket("shared", ttl=5)
+    # a definition only another member holds is found in its reply
+    from mycel import BucketSpec
+
+    caches[2]._store.create_bucket(BucketSpec("elsewhere", 10.0, None))
+    with pytest.raises(BucketConflict, match="m2"):
+        caches[0].create_bucket("elsewhere", ttl=5)
+    assert not caches[0]._store.has_bucket("elsewhere")
     with pytest.raises(BucketNotFound):
         caches[0].get("nope", "k")
     with pytest.raises(BucketNotFound):

@@ -12,7 +12,10 @@ Measures, with 100-byte payloads on 127.0.0.1, in interleaved rounds (default 3)
 2. nodosum, two nodes in separate processes (the server node runs in a spawned child with an echo
    request handler): (a) ``app.request`` from 1 thread, sequential; (b) from 16 threads for a fixed time.
 3. For context only: raw aioquic sequential with the echo server in a child process (the cost of the
-   process boundary that nodosum's figures include and the in-loop baseline does not).
+   process boundary that nodosum's figures include and the in-loop baseline does not), and bench_floor.py's
+   plain UDP echoes with and without the thread hops of nodosum's bridge and worker pool. The raw 2-process
+   exchange plus those hops is the lowest p50 that this design (a blocking caller on its own thread, the loop
+   on another, handlers on a worker pool, peers in separate processes) can reach on this machine.
 
 Then prints a table and the ratios against their targets (figures only; nothing is asserted), the loop
 implementation (uvloop if installed, unless --no-uvloop) and the versions. Child processes exit when this
@@ -46,7 +49,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from benchlib import Result, fmt, merge, uvloop_version  # scripts/ is on sys.path when run
+from bench_floor import Floor, hop_cost_us
+from benchlib import Result, child_process, expect, fmt, merge, serve_parent, server_cpu, uvloop_version
 
 PAYLOAD = b"x" * 100
 HOST = "127.0.0.1"
@@ -221,61 +225,6 @@ def serve_raw(conn: Any, use_uvloop: bool) -> None:
         runner.run(main())
 
 
-# ------------------------------------------------------------------------------------------ child processes
-
-
-def serve_parent(conn: Any) -> None:
-    """In a child: answer "cpu" queries until "stop" or EOF (the parent closed its end or died)."""
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg == "cpu":
-            conn.send(("cpu", time.process_time()))
-        elif msg == "stop":
-            return
-
-
-@contextlib.contextmanager
-def child_process(target: Callable[..., None], *args: Any) -> Iterator[tuple[Any, int]]:
-    """Run ``target(pipe_end, *args)`` in a spawned process; yield (our pipe end, pid); always reap it."""
-    ctx = multiprocessing.get_context("spawn")
-    parent_end, child_end = ctx.Pipe()
-    proc = ctx.Process(target=target, args=(child_end, *args), daemon=True, name=f"bench-{target.__name__}")
-    try:
-        proc.start()
-        child_end.close()  # the child sees EOF (and exits) once this process closes parent_end or dies
-        yield parent_end, proc.pid  # type: ignore[misc]
-    finally:
-        try:
-            parent_end.send("stop")
-        except OSError:
-            pass
-        parent_end.close()
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-
-
-def expect(conn: Any, kind: str, timeout: float = 60.0) -> Any:
-    if not conn.poll(timeout):
-        raise RuntimeError(f"server process sent no {kind!r} within {timeout}s")
-    got, value = conn.recv()
-    if got != kind:
-        raise RuntimeError(f"server process: expected {kind!r}, got {got!r}: {value}")
-    return value
-
-
-def server_cpu(conn: Any) -> float:
-    conn.send("cpu")
-    return expect(conn, "cpu", 10)  # type: ignore[no-any-return]
-
-
 # ------------------------------------------------------------------------------------------ 2. nodosum
 
 
@@ -393,11 +342,12 @@ def nodosum_round(app: Any, inline_app: Any, pipe: Any, requests: int,
 
 
 def report(rounds: list[tuple[Result, ...]]) -> None:
-    raw_seq, raw_pipe, seq, par, inline, raw2_seq = (merge(list(col)) for col in zip(*rounds, strict=True))
+    raw_seq, raw_pipe, seq, par, inline, raw2_seq, udp_loop, udp2, udp2_hops = (
+        merge(list(col)) for col in zip(*rounds, strict=True))
     head = (f"{'scenario':<52} {'req/s':>9} {'(min-max of rounds)':>20} {'p50 µs':>7} {'p99 µs':>7} "
             f"{'cli CPU':>8} {'srv CPU':>8}")
     print("\n" + head + "\n" + "-" * len(head))
-    for r in (raw_seq, raw_pipe, seq, par, None, inline, raw2_seq):
+    for r in (raw_seq, raw_pipe, seq, par, None, inline, raw2_seq, udp_loop, udp2, udp2_hops):
         if r is None:
             print("for context (not a target):")
             continue
@@ -411,6 +361,8 @@ def report(rounds: list[tuple[Result, ...]]) -> None:
         return a.pct_us(0.5) / b.pct_us(0.5)  # type: ignore[operator]
 
     ratio = p50_ratio(seq, raw_seq)
+    hops = hop_cost_us(udp2, udp2_hops)
+    floor = raw2_seq.pct_us(0.5) + hops  # type: ignore[operator]
     per_round = ", ".join(f"{p50_ratio(r[2], r[0]):.2f}" for r in rounds)
     rows = [
         ("nodosum sequential p50 / raw in-loop sequential p50", f"{ratio:.2f}x",
@@ -424,6 +376,10 @@ def report(rounds: list[tuple[Result, ...]]) -> None:
         ("nodosum sequential p50 / raw 2-process sequential p50", f"{p50_ratio(seq, raw2_seq):.2f}x", ""),
         ("nodosum inline-handler p50 / raw in-loop sequential p50", f"{p50_ratio(inline, raw_seq):.2f}x",
          "(no worker-pool hop on the server)"),
+        ("thread hops of the bridge and worker pool, p50", f"{hops:.0f} µs",
+         "(UDP echo through them minus the plain 2-process UDP echo)"),
+        ("design floor: raw 2-process p50 + thread hops", f"{floor:.0f} µs",
+         f"= {floor / raw_seq.pct_us(0.5):.2f}x raw in-loop; nodosum is {seq.pct_us(0.5) - floor:.0f} µs above it"),
     ]
     print("\nratios")
     for label, value, note in rows:
@@ -450,10 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"event loop: {'uvloop' if use_uvloop else 'asyncio (default)'} (raw baseline and both nodes); "
           f"payload {len(PAYLOAD)} bytes")
     print(f"{n_rounds} rounds of: raw in-loop sequential x{requests} and {IN_FLIGHT}-in-flight x{pipelined}, "
-          f"nodosum sequential x{requests} and {THREADS} threads for {duration:g} s, raw 2-process sequential")
+          f"nodosum sequential x{requests} and {THREADS} threads for {duration:g} s, raw 2-process sequential, "
+          f"UDP echoes x{requests}")
     rounds: list[tuple[Result, ...]] = []
     with asyncio.Runner(loop_factory=lambda: new_loop(use_uvloop)) as runner, \
             child_process(serve_raw, use_uvloop) as (raw_pipe, _), \
+            Floor(use_uvloop) as floor, \
             nodosum_pair(use_uvloop) as (node, app, pipe):
         inline_app = node.application(INLINE_APP_ID)
         assert inline_app.request(PAYLOAD, SERVER_ID) == PAYLOAD
@@ -467,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             s0 = server_cpu(raw_pipe)
             (raw2,) = runner.run(raw_client(raw_port, requests, 0, "2 processes"))
             raw2.server_cpu = server_cpu(raw_pipe) - s0
-            rounds.append((*raw, *ours, raw2))
+            rounds.append((*raw, *ours, raw2, *floor.round(runner, requests)))
             print(f"  round {i + 1}/{n_rounds}: " + ", ".join(f"{r.rate:,.0f}/s" for r in rounds[-1]))
         stats = node.stats()
     report(rounds)

@@ -1,6 +1,12 @@
-"""Shared pieces of the benchmark scripts: a scenario's figures, pooling rounds, formatting."""
+"""Shared pieces of the benchmark scripts: a scenario's figures, pooling rounds, formatting, child processes."""
 
 from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 def uvloop_version() -> str | None:
@@ -47,3 +53,58 @@ def merge(rounds: list[Result]) -> Result:
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+# -- child processes (a pipe to each; a child stops on "stop" or when the pipe closes)
+
+
+def serve_parent(conn: Any) -> None:
+    """In a child: answer "cpu" queries until "stop" or EOF (the parent closed its end or died)."""
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg == "cpu":
+            conn.send(("cpu", time.process_time()))
+        elif msg == "stop":
+            return
+
+
+@contextlib.contextmanager
+def child_process(target: Callable[..., None], *args: Any) -> Iterator[tuple[Any, int]]:
+    """Run ``target(pipe_end, *args)`` in a spawned process; yield (our pipe end, pid); always reap it."""
+    ctx = multiprocessing.get_context("spawn")
+    parent_end, child_end = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child_end, *args), daemon=True, name=f"bench-{target.__name__}")
+    try:
+        proc.start()
+        child_end.close()  # the child sees EOF (and exits) once this process closes parent_end or dies
+        yield parent_end, proc.pid  # type: ignore[misc]
+    finally:
+        try:
+            parent_end.send("stop")
+        except OSError:
+            pass
+        parent_end.close()
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def expect(conn: Any, kind: str, timeout: float = 60.0) -> Any:
+    if not conn.poll(timeout):
+        raise RuntimeError(f"server process sent no {kind!r} within {timeout}s")
+    got, value = conn.recv()
+    if got != kind:
+        raise RuntimeError(f"server process: expected {kind!r}, got {got!r}: {value}")
+    return value
+
+
+def server_cpu(conn: Any) -> float:
+    conn.send("cpu")
+    return expect(conn, "cpu", 10)  # type: ignore[no-any-return]

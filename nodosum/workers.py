@@ -29,21 +29,23 @@ class WorkerPool:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # workers waiting for a call
+        self._queued = 0  # calls submitted and not yet taken by a worker
         self._closed = False
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on a worker; an exception is logged, never propagated."""
-        if self._closed:
-            raise RuntimeError(f"worker pool {self.name} is shut down")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"worker pool {self.name} is shut down")
+            self._queued += 1
+            # More calls waiting than idle workers: one of them would wait behind a call that may
+            # block for long (a handler calling the blocking API), so start a worker while there is room.
+            if self._queued > self._idle and len(self._threads) < self.size:
+                thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
         self._queue.put((fn, args))
-        if self._idle == 0 and len(self._threads) < self.size:
-            with self._lock:
-                if self._idle == 0 and len(self._threads) < self.size and not self._closed:
-                    thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}",
-                                              daemon=True)
-                    self._threads.append(thread)
-                    thread.start()
 
     def submit_future(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         """Like submit, with a Future for the result."""
@@ -68,6 +70,8 @@ class WorkerPool:
             item = get()
             with lock:
                 self._idle -= 1
+                if item is not _STOP:
+                    self._queued -= 1
             if item is _STOP:
                 return
             fn, args = item

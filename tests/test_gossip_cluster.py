@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nodosum import ConfigError, Node, NodeConfig, ReadyTimeout
+from nodosum import ConfigError, Node, NodeConfig, NodeUnreachable, ReadyTimeout, RequestTimeout
 
 from .conftest import wait_for
 
@@ -75,11 +75,11 @@ def test_graceful_leave_is_reported_as_left(ca, started):
 
 
 def _spawn_child(ca, node_id: str, seeds: list[str], swim: dict,
-                 port: int = 0) -> tuple[subprocess.Popen, tuple[str, int]]:
+                 port: int = 0, **spec) -> tuple[subprocess.Popen, tuple[str, int]]:
     child = subprocess.Popen([sys.executable, CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              cwd=os.path.dirname(os.path.dirname(__file__)))
     child.stdin.write(json.dumps({"ca": [ca[0].decode(), ca[1].decode()], "node_id": node_id,
-                                  "seeds": seeds, "swim": swim, "port": port}) + "\n")
+                                  "seeds": seeds, "swim": swim, "port": port, **spec}) + "\n")
     child.stdin.flush()
     host, port = child.stdout.readline().split()
     assert child.stdout.readline().strip() == "ready"
@@ -133,6 +133,33 @@ def test_restart_with_same_id_rejoins(ca, started):
         assert wait_for(lambda: all("r9" not in ids for ids in views(started).values()), timeout=30)
         child, _ = _spawn_child(ca, "r9", [addr(started[1])], FAST, port=address[1])  # same id and port
         assert wait_for(lambda: all("r9" in ids for ids in views(started).values()), timeout=20)
+    finally:
+        _reap(child)
+
+
+def test_node_killed_and_restarted_at_once_answers_again_within_seconds(ca, started):
+    # SIGKILL leaves the QUIC connection to the dead process open here: its packets are dropped
+    # and nothing closes it before the idle timeout (30 s below). The restarted node's new
+    # connection must replace it as soon as the old one fails a liveness probe.
+    started.append(gossip_node(ca, "q0", swim={}, idle_timeout=30.0))
+    app = started[0].register_application("echo")
+    child, address = _spawn_child(ca, "q9", [addr(started[0])], {}, echo=True)
+    try:
+        assert wait_for(lambda: "q9" in started[0].member_ids(), timeout=20)
+        assert app.request(b"one", "q9", timeout=5) == b"one"
+        os.kill(child.pid, signal.SIGKILL)
+        _reap(child)
+        child, _ = _spawn_child(ca, "q9", [addr(started[0])], {}, port=address[1], echo=True)
+        restarted = time.monotonic()
+
+        def answered() -> bool:
+            try:
+                return app.request(b"two", "q9", timeout=1) == b"two"
+            except (NodeUnreachable, RequestTimeout):
+                return False
+
+        assert wait_for(answered, timeout=40, interval=0.1)
+        assert time.monotonic() - restarted < 10
     finally:
         _reap(child)
 

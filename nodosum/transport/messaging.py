@@ -42,6 +42,7 @@ from .quic import (
     ERR_FRAME,
     ERR_MEMBER_GONE,
     ERR_PEER_REJECTED,
+    ERR_UNRESPONSIVE,
     PeerConnection,
     QuicEndpoint,
 )
@@ -126,7 +127,7 @@ class PeerState:
     """One peer: its member record, its connection, and callers waiting for one."""
 
     __slots__ = ("node_id", "member", "address", "conn", "dialling", "waiters", "failures", "failed_reason",
-                 "redial_handle", "retiring")
+                 "redial_handle", "retiring", "candidate", "probing")
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
@@ -139,6 +140,9 @@ class PeerState:
         self.failed_reason: str | None = None
         self.redial_handle: Any = None
         self.retiring: list[PeerConnection] = []
+        # a newer connection kept aside while ``conn`` is probed (see Messaging._probe_current)
+        self.candidate: PeerConnection | None = None
+        self.probing = False
 
 
 class Messaging:
@@ -192,10 +196,10 @@ class Messaging:
             peer.member = None
             self._cancel_redial(peer)
             self._fail_waiters(peer, f"node {member.node_id!r} {event.kind.value}")
-            for conn in (peer.conn, peer.dialling, *peer.retiring):
+            for conn in (peer.conn, peer.dialling, peer.candidate, *peer.retiring):
                 if conn is not None:
                     conn.close(ERR_MEMBER_GONE, f"member {event.kind.value}")
-            if peer.conn is None and peer.dialling is None and not peer.retiring:
+            if peer.conn is None and peer.dialling is None and peer.candidate is None and not peer.retiring:
                 del self.peers[member.node_id]  # nothing left of it: forget it (churn must not grow this map)
 
     def _peer(self, node_id: str) -> PeerState:
@@ -288,12 +292,14 @@ class Messaging:
             peer.dialling = None
         current = peer.conn
         if current is not None and not current.closed:
-            smaller_dials = self.node_id < conn.node_id
-            new_wins = conn.dialled == smaller_dials
-            loser = current if new_wins else conn
-            self._retire(peer, loser)
-            if not new_wins:
+            if conn.dialled != (self.node_id < conn.node_id):  # the rule keeps the current connection
+                self._probe_current(peer, current, conn)
                 return
+            self._retire(peer, current)
+        self._adopt(peer, conn)
+
+    def _adopt(self, peer: PeerState, conn: PeerConnection) -> None:
+        """Make ``conn`` the peer's connection and run what waited for one."""
         peer.conn = conn
         peer.failures = 0
         peer.failed_reason = None
@@ -303,7 +309,41 @@ class Messaging:
             if not fut.done():
                 action(conn)
         if self.on_connected is not None:
-            self.on_connected(conn.node_id)
+            self.on_connected(peer.node_id)
+
+    def _probe_current(self, peer: PeerState, current: PeerConnection, candidate: PeerConnection) -> None:
+        """A second connection arrived that the duplicate rule would retire.
+
+        Usually it is the other half of a simultaneous dial. But if the peer restarted, the
+        current connection leads to a process that is gone: its packets are dropped and nothing
+        closes it before the idle timeout, so every request on it would time out. Keep the new
+        connection aside until the current one answers a PING; if it does not, switch over.
+        """
+        if peer.candidate is not None:
+            self._retire(peer, peer.candidate)
+        peer.candidate = candidate
+        if not peer.probing:
+            peer.probing = True
+            current.probe(lambda answered: self._current_probed(peer, current, answered))
+
+    def _current_probed(self, peer: PeerState, current: PeerConnection, answered: bool) -> None:
+        peer.probing = False
+        candidate, peer.candidate = peer.candidate, None
+        if candidate is None or candidate.closed:
+            return
+        if answered and peer.conn is current and not current.closed:
+            self._retire(peer, candidate)  # a duplicate after all
+            return
+        if peer.conn is current:
+            self.counters.inc("connections_unresponsive")
+            logger.info("connection to %s does not answer while a new one arrived (a restart?); switching",
+                        peer.node_id)
+            peer.conn = None
+            current.close(ERR_UNRESPONSIVE, "unresponsive; replaced by a newer connection")
+        if peer.conn is None:
+            self._adopt(peer, candidate)
+        else:
+            self._retire(peer, candidate)
 
     def _retire(self, peer: PeerState, conn: PeerConnection) -> None:
         self.counters.inc("connections_duplicate")
@@ -340,6 +380,8 @@ class Messaging:
             return
         if conn in peer.retiring:
             peer.retiring.remove(conn)
+        if peer.candidate is conn:
+            peer.candidate = None
         if peer.dialling is conn:
             peer.dialling = None
             peer.failures += 1
@@ -348,6 +390,10 @@ class Messaging:
             self._schedule_redial(peer)
         elif peer.conn is conn:
             peer.conn = None
+            if peer.candidate is not None:  # the connection that was waiting to replace it
+                candidate, peer.candidate = peer.candidate, None
+                self._adopt(peer, candidate)
+                return
             peer.failures += 1
             peer.failed_reason = reason
             self._schedule_redial(peer)

@@ -21,6 +21,7 @@ a certificate.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import ssl
 from collections.abc import Callable
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 ALPN = "nodosum/1"
 CID_LENGTH = 8
 MIN_INITIAL_SIZE = 1200
+PROBE_MIN_TIMEOUT = 1.0  # seconds a liveness probe waits at least, however short the RTT
 
 # application error codes carried in CONNECTION_CLOSE / RESET_STREAM
 ERR_NONE = 0x0
@@ -50,6 +52,7 @@ ERR_HANDSHAKE_TIMEOUT = 0x2
 ERR_DUPLICATE = 0x3
 ERR_SHUTDOWN = 0x4
 ERR_MEMBER_GONE = 0x5
+ERR_UNRESPONSIVE = 0x6
 ERR_FRAME = 0x10
 ERR_STREAM_UNKNOWN_APP = 0x11
 
@@ -155,6 +158,12 @@ class PeerConnection:
     def close(self, error_code: int = ERR_NONE, reason: str = "") -> None:
         self.endpoint.close_connection(self, error_code, reason)
 
+    def probe(self, callback: Callable[[bool], None], min_timeout: float = PROBE_MIN_TIMEOUT) -> None:
+        """Check that the peer still answers: send a PING and call ``callback(True)`` when it is
+        acknowledged, ``callback(False)`` if no acknowledgement comes within three probe timeouts
+        (at least ``min_timeout`` seconds) or the connection closes first. On the loop thread."""
+        self.endpoint.probe(self, callback, min_timeout)
+
 
 class QuicEndpoint(asyncio.DatagramProtocol):
     """The node's UDP socket and every QUIC connection on it."""
@@ -177,6 +186,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._dirty: set[PeerConnection] = set()
         self._flush_scheduled = False
         self._keepalive_handle: asyncio.TimerHandle | None = None
+        # liveness probes: PING uid -> (connection, callback, timer); uid 0 is the keep-alive's
+        self._probes: dict[int, tuple[PeerConnection, Callable[[bool], None], asyncio.TimerHandle]] = {}
+        self._probe_uids = itertools.count(1)
         self._client_config = self._configuration(is_client=True, idle_timeout=idle_timeout)
         self._server_config = self._configuration(is_client=False, idle_timeout=idle_timeout)
 
@@ -295,6 +307,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             return
         conn.closed = True
         conn.close_reason = reason
+        for uid in [uid for uid, probe in self._probes.items() if probe[0] is conn]:
+            self._probe_done(uid, False)
         self.handler.connection_closed(conn, reason)
 
     def _forget(self, conn: PeerConnection, reason: str) -> None:
@@ -328,6 +342,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             elif isinstance(event, (events.StreamReset, events.StopSendingReceived)):
                 if conn.verified and not conn.closed:
                     self.handler.stream_reset(conn, event.stream_id, event.error_code)
+            elif isinstance(event, events.PingAcknowledged):
+                self._probe_done(event.uid, True)
             elif isinstance(event, events.ConnectionTerminated):
                 reason = event.reason_phrase or f"closed with code {event.error_code:#x}"
                 self._forget(conn, reason)
@@ -408,6 +424,23 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self._dirty.discard(conn)
             self._transmit(conn, now)
         self.handler.transmitted()
+
+    def probe(self, conn: PeerConnection, callback: Callable[[bool], None], min_timeout: float) -> None:
+        """See :meth:`PeerConnection.probe`."""
+        if conn.closed or conn not in self._connections:
+            self.loop.call_soon(callback, False)
+            return
+        uid = next(self._probe_uids)
+        timeout = max(min_timeout, 3 * conn.quic._loss.get_probe_timeout())
+        self._probes[uid] = (conn, callback, self.loop.call_later(timeout, self._probe_done, uid, False))
+        conn.quic.send_ping(uid)
+        self.mark_dirty(conn)
+
+    def _probe_done(self, uid: int, answered: bool) -> None:
+        probe = self._probes.pop(uid, None)
+        if probe is not None:
+            probe[2].cancel()
+            probe[1](answered)
 
     def _keepalive(self) -> None:
         now = self.loop.time()

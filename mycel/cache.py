@@ -57,6 +57,7 @@ PRIMARY_APP_ID = "mycel.primary"
 _MISSING: Any = object()
 MAINTENANCE_INTERVAL = 1.0
 SWEEP_INTERVAL = 5.0  # seconds before retrying an incomplete handoff
+HANDBACK_ATTEMPTS = 8  # tries to give a restarted member its keys (1 s apart, doubling, at most 30 s)
 
 
 class Cache:
@@ -102,13 +103,18 @@ class Cache:
         self._closed = threading.Event()
         self._rebalance_lock = threading.Lock()
         self._sweep_due: float | None = None
+        # members whose cache (re)started empty, to be given their keys: node id -> (attempts, due)
+        self._handbacks: dict[str, tuple[int, float]] = {}
+        self._handbacks_lock = threading.Lock()
         self._app.set_request_handler(self._handle, inline=True)
         self._primary_app.set_request_handler(self._handle_primary)
         node.on_member_event(self._member_event)
         self._maintenance = threading.Thread(target=self._maintain, name=f"mycel-{self.node_id}-maintenance",
                                              daemon=True)
         self._maintenance.start()
-        self._sync_buckets(self._app.nodes())
+        # "fresh": members that already count this node among the key holders (it restarted
+        # before they noticed it was gone) hand it back its share, which it lost.
+        self._sync_buckets(self._app.nodes(), fresh=True)
 
     def __repr__(self) -> str:
         return f"<Cache on {self.node_id!r} replicas={self.replicas}>"
@@ -149,9 +155,9 @@ class Cache:
             self._sync_buckets([n for n in self._app.nodes() if n != self.node_id][:3], wait=True)
             return self._store.bucket(bucket)
 
-    def _sync_buckets(self, node_ids: Iterable[str], wait: bool = False) -> None:
+    def _sync_buckets(self, node_ids: Iterable[str], wait: bool = False, fresh: bool = False) -> None:
         """Exchange bucket definitions with ``node_ids`` (both sides learn the other's)."""
-        payload = encode_request(BucketsRequest(self._store.buckets()))
+        payload = encode_request(BucketsRequest(self._store.buckets(), fresh))
         for node_id in node_ids:
             if node_id == self.node_id:
                 continue
@@ -483,6 +489,9 @@ class Cache:
             elif isinstance(request, BucketsRequest):
                 # a conflict is logged here; the sender sees it in our list (create_bucket raises)
                 self._learn_buckets(request.specs)
+                if request.fresh and sender != self.node_id:
+                    with self._handbacks_lock:  # the maintenance thread sends them (this thread must not block)
+                        self._handbacks[sender] = (0, 0.0)
                 response = BucketsResponse(self._store.buckets())
             else:
                 response = ErrorResponse(ErrorCode.BAD_REQUEST, f"{type(request).__name__} goes to the primary app")
@@ -568,6 +577,46 @@ class Cache:
         logger.info("handoff: %d keys sent to %d nodes", sent, len(complete))
         return sent
 
+    def _hand_back_due(self) -> None:
+        """Run the hand-backs that are due; a failed one is retried with backoff, a few times."""
+        now = time.monotonic()
+        with self._handbacks_lock:
+            due = [(n, attempts) for n, (attempts, at) in self._handbacks.items() if at <= now]
+            for node_id, _ in due:
+                del self._handbacks[node_id]
+        for node_id, attempts in due:
+            if self._hand_back(node_id) is not None:
+                continue
+            if attempts + 1 >= HANDBACK_ATTEMPTS:
+                self._counts["handbacks_abandoned"] += 1
+                logger.warning("gave up handing keys back to %s after %d attempts", node_id, attempts + 1)
+                continue
+            with self._handbacks_lock:
+                self._handbacks.setdefault(node_id, (attempts + 1, now + min(30.0, 2.0 ** attempts)))
+
+    def _hand_back(self, node_id: str) -> int | None:
+        """Send ``node_id`` the keys it holds a replica of, as if it had just joined.
+
+        For a member whose cache started empty while this node already counted it among the
+        key holders (a quick restart raises no member event). Only when the current placement
+        includes it: otherwise the rebalance on its join sends the keys. Returns the keys sent,
+        None if it did not acknowledge them."""
+        with self._rebalance_lock:
+            current = self._owned_placement
+            if node_id not in current.members:
+                return 0
+            without = Placement([m for m in current.members if m != node_id])
+            sends, _ = handoff_plan(self._store, self.node_id, without, current, self.replicas, time.monotonic())
+            records = sends.get(node_id)
+            if not records:
+                return 0
+            self._sync_buckets([node_id], wait=True)
+            if node_id not in deliver_handoff(self._replicator, {node_id: records}):
+                return None
+        self._counts["handback_keys"] += len(records)
+        logger.info("handed %d keys back to %s, whose cache started empty", len(records), node_id)
+        return len(records)
+
     # -- maintenance and life cycle -----------------------------------------------------------------
     def _maintain(self) -> None:
         while not self._closed.wait(MAINTENANCE_INTERVAL):
@@ -578,6 +627,7 @@ class Cache:
                     with self._rebalance_lock:
                         # keys a failed handoff left here: send them on and drop them
                         self._handoff(self._owned_placement, self._owned_placement)
+                self._hand_back_due()
                 if len(self._hints):
                     self._counts["hints_replayed"] += self._replicator.replay_hints(set(self._app.nodes()))
             except (MycelError, NodosumError) as exc:

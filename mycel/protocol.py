@@ -200,10 +200,15 @@ class SetTtlRequest:
 
 @dataclass(slots=True)
 class BucketsRequest:
-    """Create these buckets (or confirm they exist with the same settings)."""
+    """Create these buckets (or confirm they exist with the same settings).
+
+    ``fresh``: the sender's cache has just started and holds nothing yet; a member
+    that already counts it among the key holders hands it its share of the keys.
+    """
 
     op: ClassVar[Op] = Op.BUCKETS
     specs: list[BucketSpec]
+    fresh: bool = False
 
 
 @dataclass(slots=True)
@@ -457,6 +462,11 @@ def _enc_specs(out: list[bytes], msg: BucketsRequest | BucketsResponse) -> None:
         _spec(out, spec)
 
 
+def _enc_buckets_request(out: list[bytes], req: BucketsRequest) -> None:
+    _enc_specs(out, req)
+    out.append(_TRUE if req.fresh else _FALSE)
+
+
 def _enc_get_response(out: list[bytes], resp: GetResponse) -> None:
     _records(out, resp.records, optional=True)
 
@@ -506,7 +516,7 @@ _REQUEST_ENCODERS: dict[type, tuple[bytes, _Encoder]] = {
     AddRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.ADD), _enc_add_request),
     IncrRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.INCR), _enc_incr_request),
     SetTtlRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.SET_TTL), _enc_set_ttl_request),
-    BucketsRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.BUCKETS), _enc_specs),
+    BucketsRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.BUCKETS), _enc_buckets_request),
 }
 
 _OK = _HEADER.pack(PROTOCOL_VERSION, STATUS_OK)
@@ -727,7 +737,7 @@ def _dec_set_ttl_request(buf: bytes, p: int) -> tuple[SetTtlRequest, int]:
 
 def _dec_buckets_request(buf: bytes, p: int) -> tuple[BucketsRequest, int]:
     specs, p = _read_specs(buf, p)
-    return BucketsRequest(specs), p
+    return BucketsRequest(specs, _read_flag(buf, p, "fresh")), p + 1
 
 
 def _dec_get_response(buf: bytes, p: int) -> tuple[GetResponse, int]:

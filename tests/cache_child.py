@@ -1,6 +1,7 @@
 """A cache node in its own process, for kill -9 tests: prints its address, then serves.
 
-stdin: a JSON line {"ca": [cert, key], "node_id": ..., "peers": [[id, host, port], ...], "replicas": n}
+stdin: a JSON line {"ca": [cert, key], "node_id": ..., "peers": [[id, host, port], ...], "replicas": n,
+                    "port": n (optional)}
 stdout: "host port" once the node runs, then "ready" once connected. Exits when stdin closes.
 """
 
@@ -14,7 +15,8 @@ from nodosum import Node, NodeConfig
 def main() -> None:
     spec = json.loads(sys.stdin.readline())
     cert, key = (s.encode() for s in spec["ca"])
-    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], port=0, profile="local",
+    node = Node(NodeConfig(ca_cert=cert, ca_key=key, node_id=spec["node_id"], port=spec.get("port", 0),
+                           profile="local",
                            membership="static")).start()
     print(*node.address, flush=True)
     for peer_id, host, port in spec["peers"]:

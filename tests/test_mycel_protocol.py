@@ -69,7 +69,7 @@ requests = st.one_of(
     st.builds(AddRequest, texts, texts, st.binary(max_size=64), ttls),
     st.builds(IncrRequest, texts, texts, i64),
     st.builds(SetTtlRequest, texts, texts, ttls),
-    st.builds(BucketsRequest, st.lists(specs, max_size=5)),
+    st.builds(BucketsRequest, st.lists(specs, max_size=5), st.booleans()),
 )
 error_responses = st.builds(
     ErrorResponse,
@@ -97,6 +97,7 @@ SAMPLE_REQUESTS: list[Any] = [
     IncrRequest("counters", "hits", -(2**63)),
     SetTtlRequest("users", "alice", None),
     BucketsRequest([BucketSpec("a"), BucketSpec("b", 10.0, 1000)]),
+    BucketsRequest([], fresh=True),
 ]
 SAMPLE_RESPONSES: list[tuple[Op, Any]] = [
     (Op.GET, GetResponse([RECORD, None, Record("users", "x", None, (5, "n"), 3.0)])),

@@ -27,21 +27,13 @@ import sys
 import time
 from typing import Any
 
-from benchlib import Result, child_process, expect, merge, serve_parent, uvloop_version
+from benchlib import Result, child_process, expect, merge, new_loop, serve_parent, uvloop_version
 
 from nodosum.bridge import LoopThread, Waiter
 
 PAYLOAD = b"x" * 100
 HOST = "127.0.0.1"
 WARM_UP = 500
-
-
-def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    if use_uvloop:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 class Echo(asyncio.DatagramProtocol):

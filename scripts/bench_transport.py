@@ -50,7 +50,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bench_floor import Floor, hop_cost_us
-from benchlib import Result, child_process, expect, fmt, merge, serve_parent, server_cpu, uvloop_version
+from benchlib import (Result, child_process, expect, fmt, merge, new_loop, serve_parent, server_cpu,
+                      uvloop_version)
 
 PAYLOAD = b"x" * 100
 HOST = "127.0.0.1"
@@ -64,14 +65,6 @@ TARGET_P50_RATIO = 1.5
 TARGET_THREADS_RPS = 10_000
 
 # ------------------------------------------------------------------------------------------ shared helpers
-
-
-def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    if use_uvloop:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:

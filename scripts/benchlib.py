@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+
+def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def uvloop_version() -> str | None:

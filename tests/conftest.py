@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,6 +76,27 @@ def open_sockets() -> int:
         except OSError:
             pass
     return count
+
+
+def spawn_child(script: str, spec: dict) -> tuple[subprocess.Popen, tuple[str, int]]:
+    """Run a node script of tests/ in a child process with its JSON ``spec`` on stdin;
+    returns it and the address it printed (it prints "ready" next, once joined)."""
+    child = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), script)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    child.stdin.write(json.dumps(spec) + "\n")  # type: ignore[union-attr]
+    child.stdin.flush()  # type: ignore[union-attr]
+    host, port = child.stdout.readline().split()  # type: ignore[union-attr]
+    return child, (host, int(port))
+
+
+def reap_child(child: subprocess.Popen) -> None:
+    """Kill the child if it still runs, wait for it and close its pipes."""
+    if child.poll() is None:
+        child.kill()
+    child.wait(10)
+    child.stdin.close()  # type: ignore[union-attr]
+    child.stdout.close()  # type: ignore[union-attr]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> bool:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 from nodosum import ConfigError, Node, NodeConfig, NodeUnreachable, ReadyTimeout, RequestTimeout
 
-from .conftest import wait_for
+from .conftest import reap_child, spawn_child, wait_for
 
 FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}
-CHILD = os.path.join(os.path.dirname(__file__), "node_child.py")
 
 
 def gossip_node(ca, node_id: str, seeds=(), **settings) -> Node:
@@ -76,22 +73,10 @@ def test_graceful_leave_is_reported_as_left(ca, started):
 
 def _spawn_child(ca, node_id: str, seeds: list[str], swim: dict,
                  port: int = 0, **spec) -> tuple[subprocess.Popen, tuple[str, int]]:
-    child = subprocess.Popen([sys.executable, CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             cwd=os.path.dirname(os.path.dirname(__file__)))
-    child.stdin.write(json.dumps({"ca": [ca[0].decode(), ca[1].decode()], "node_id": node_id,
-                                  "seeds": seeds, "swim": swim, "port": port, **spec}) + "\n")
-    child.stdin.flush()
-    host, port = child.stdout.readline().split()
+    child, address = spawn_child("node_child.py", {"ca": [ca[0].decode(), ca[1].decode()], "node_id": node_id,
+                                                   "seeds": seeds, "swim": swim, "port": port, **spec})
     assert child.stdout.readline().strip() == "ready"
-    return child, (host, int(port))
-
-
-def _reap(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        child.kill()
-    child.wait(10)
-    child.stdin.close()
-    child.stdout.close()
+    return child, address
 
 
 def test_killed_node_is_declared_failed_and_disconnected(ca, started):
@@ -119,7 +104,7 @@ def test_killed_node_is_declared_failed_and_disconnected(ca, started):
                                    or n._messaging.peers["f9"].conn is None)
         assert detection < 60
     finally:
-        _reap(child)
+        reap_child(child)
 
 
 def test_restart_with_same_id_rejoins(ca, started):
@@ -129,12 +114,12 @@ def test_restart_with_same_id_rejoins(ca, started):
     try:
         assert wait_for(lambda: all("r9" in ids for ids in views(started).values()), timeout=20)
         os.kill(child.pid, signal.SIGKILL)
-        _reap(child)
+        reap_child(child)
         assert wait_for(lambda: all("r9" not in ids for ids in views(started).values()), timeout=30)
         child, _ = _spawn_child(ca, "r9", [addr(started[1])], FAST, port=address[1])  # same id and port
         assert wait_for(lambda: all("r9" in ids for ids in views(started).values()), timeout=20)
     finally:
-        _reap(child)
+        reap_child(child)
 
 
 def test_node_killed_and_restarted_at_once_answers_again_within_seconds(ca, started):
@@ -148,7 +133,7 @@ def test_node_killed_and_restarted_at_once_answers_again_within_seconds(ca, star
         assert wait_for(lambda: "q9" in started[0].member_ids(), timeout=20)
         assert app.request(b"one", "q9", timeout=5) == b"one"
         os.kill(child.pid, signal.SIGKILL)
-        _reap(child)
+        reap_child(child)
         child, _ = _spawn_child(ca, "q9", [addr(started[0])], {}, port=address[1], echo=True)
         restarted = time.monotonic()
 
@@ -161,7 +146,7 @@ def test_node_killed_and_restarted_at_once_answers_again_within_seconds(ca, star
         assert wait_for(answered, timeout=40, interval=0.1)
         assert time.monotonic() - restarted < 10
     finally:
-        _reap(child)
+        reap_child(child)
 
 
 def test_node_of_another_ca_never_appears(ca, other_ca, started):

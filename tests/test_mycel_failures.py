@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 
 from mycel import Cache
 from mycel.placement import Placement
 from mycel.protocol import GetRequest, GetResponse, Op, decode_response, encode_request
 from nodosum import NodeUnreachable, RequestTimeout
 
-from .conftest import wait_for
+from .conftest import reap_child, spawn_child, wait_for
 
-CHILD = os.path.join(os.path.dirname(__file__), "cache_child.py")
 
 
 def _spawn(ca, node_id: str, peers: list, port: int = 0) -> tuple[subprocess.Popen, tuple[str, int]]:
-    """A cache node in a child process; returns it and its address once it runs (before it is ready)."""
-    child = subprocess.Popen([sys.executable, CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             cwd=os.path.dirname(os.path.dirname(__file__)))
-    child.stdin.write(json.dumps({"ca": [ca[0].decode(), ca[1].decode()], "node_id": node_id,
-                                  "peers": peers, "replicas": 3, "port": port}) + "\n")
-    child.stdin.flush()
-    host, port = child.stdout.readline().split()
-    return child, (host, int(port))
-
-
-def _reap(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        child.kill()
-    child.wait(10)
-    child.stdin.close()
-    child.stdout.close()
+    """A cache node (tests/cache_child.py) in a child process, running but not yet ready."""
+    return spawn_child("cache_child.py", {"ca": [ca[0].decode(), ca[1].decode()], "node_id": node_id,
+                                          "peers": peers, "replicas": 3, "port": port})
 
 
 def test_killed_node_keys_are_still_readable_and_writable(make_cluster, ca):
@@ -63,7 +47,7 @@ def test_killed_node_keys_are_still_readable_and_writable(make_cluster, ca):
         assert caches[2].get_many("durable", list(keys)) == {k: -v for k, v in keys.items()}
         assert caches[0].stats()["hints_pending"] > 0  # writes the dead replica missed are remembered
     finally:
-        _reap(child)
+        reap_child(child)
         for cache in caches:
             cache.close(handoff=False)
 
@@ -99,12 +83,12 @@ def test_node_killed_and_restarted_at_once_gets_its_keys_back(make_cluster, ca):
         assert wait_for(lambda: _held_by(caches[0], "k9", "kept", list(keys)) == share, timeout=20)
 
         os.kill(child.pid, signal.SIGKILL)
-        _reap(child)
+        reap_child(child)
         child, _ = _spawn(ca, "k9", peers, port=port)
         assert child.stdout.readline().strip() == "ready"
         assert wait_for(lambda: _held_by(caches[0], "k9", "kept", list(keys)) == share, timeout=30)
         assert sum(c.stats().get("handback_keys", 0) for c in caches) >= len(share)
     finally:
-        _reap(child)
+        reap_child(child)
         for cache in caches:
             cache.close(handoff=False)

@@ -374,6 +374,26 @@ def test_simultaneous_dials_end_with_one_connection(ca):
             node.shutdown()
 
 
+def test_extra_connection_to_a_live_peer_is_retired_after_the_current_one_answers(make_cluster):
+    # Both sides see a connection that the duplicate rule would retire, probe their current one,
+    # get an answer, and keep it: a live peer is never taken for a restarted one.
+    a, b = make_cluster(["p-a", "p-b"])
+    app_a = a.register_application("e")
+    b.register_application("e").set_request_handler(lambda p, s: b"B")
+    assert app_a.request(b"x", "p-b") == b"B"
+    before = (a._loop.call(lambda: a._messaging.peers["p-b"].conn),
+              b._loop.call(lambda: b._messaging.peers["p-a"].conn))
+    b._loop.call(lambda: b._messaging.endpoint.dial(a.address, "p-a"))  # b dials a second time
+    assert wait_for(lambda: a.stats().get("connections_duplicate", 0) >= 1
+                    and b.stats().get("connections_duplicate", 0) >= 1, timeout=10)
+    after = (a._loop.call(lambda: a._messaging.peers["p-b"].conn),
+             b._loop.call(lambda: b._messaging.peers["p-a"].conn))
+    assert after == before
+    assert a.stats().get("connections_unresponsive", 0) == 0 and b.stats().get("connections_unresponsive", 0) == 0
+    for _ in range(20):
+        assert app_a.request(b"x", "p-b") == b"B"
+
+
 def test_sender_gets_backpressure_when_peer_stalls(make_cluster):
     a, b = make_cluster(["bp-a", "bp-b"], max_queued_bytes=1024 * 1024)
     app_a = a.register_application("bulk")

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from nodosum import MemberEvent, Node, NodosumError, NodeUnreachable, RemoteError, RequestTimeout
@@ -565,8 +565,7 @@ class Cache:
         sends, drops = handoff_plan(self._store, self.node_id, old, new, self.replicas, time.monotonic())
         if not sends:
             return 0
-        self._sync_buckets(sends, wait=True)  # a new member may not know the buckets yet
-        complete = deliver_handoff(self._replicator, sends)
+        complete = self._deliver_handoff(sends)
         if len(complete) < len(sends):
             self._sweep_due = time.monotonic() + SWEEP_INTERVAL
         for bucket, key, targets in drops:
@@ -576,6 +575,12 @@ class Cache:
         self._counts["handoff_keys"] += sent
         logger.info("handoff: %d keys sent to %d nodes", sent, len(complete))
         return sent
+
+    def _deliver_handoff(self, sends: dict[str, list[Record]]) -> Collection[str]:
+        """Send handoff batches (with our buckets first: a new member may not know them);
+        returns the nodes that acknowledged everything."""
+        self._sync_buckets(sends, wait=True)
+        return deliver_handoff(self._replicator, sends)
 
     def _hand_back_due(self) -> None:
         """Run the hand-backs that are due; a failed one is retried with backoff, a few times."""
@@ -610,8 +615,7 @@ class Cache:
             records = sends.get(node_id)
             if not records:
                 return 0
-            self._sync_buckets([node_id], wait=True)
-            if node_id not in deliver_handoff(self._replicator, {node_id: records}):
+            if node_id not in self._deliver_handoff({node_id: records}):
                 return None
         self._counts["handback_keys"] += len(records)
         logger.info("handed %d keys back to %s, whose cache started empty", len(records), node_id)

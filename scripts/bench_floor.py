@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+import contextlib
 import time
 from typing import Any
 
@@ -157,23 +157,19 @@ class Floor:
 
     def __init__(self, use_uvloop: bool) -> None:
         self.use_uvloop = use_uvloop
-        self._plain = child_process(serve_echo, use_uvloop, False)
-        self._workers = child_process(serve_echo, use_uvloop, True)
+        self._children = contextlib.ExitStack()
 
     def __enter__(self) -> Floor:
-        self.plain_port = expect(self._plain.__enter__()[0], "address")[1]
-        try:
-            self.workers_port = expect(self._workers.__enter__()[0], "address")[1]
-        except BaseException:
-            self._plain.__exit__(*sys.exc_info())
-            raise
+        with self._children as children:
+            plain, _ = children.enter_context(child_process(serve_echo, self.use_uvloop, False))
+            workers, _ = children.enter_context(child_process(serve_echo, self.use_uvloop, True))
+            self.plain_port = expect(plain, "address")[1]
+            self.workers_port = expect(workers, "address")[1]
+            self._children = children.pop_all()  # both started: keep them until __exit__
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        try:
-            self._workers.__exit__(*exc)
-        finally:
-            self._plain.__exit__(*exc)
+        self._children.close()
 
     def round(self, runner: asyncio.Runner, requests: int) -> tuple[Result, Result, Result]:
         def timed(name: str, run: Any) -> Result:

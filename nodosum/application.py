@@ -5,15 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from .bridge import Waiter
-from .errors import FrameError, MessageTooLarge, NodeUnreachable, RemoteError, RequestTimeout
-from .transport.frames import Response, encode_request
-from .transport.messaging import resolve
-
-if TYPE_CHECKING:
-    from .node import Node
+from .errors import MessageTooLarge, RequestTimeout
+from .port import NodePort
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +29,14 @@ def _as_bytes(payload: object) -> bytes:
 class Application:
     """A channel that user code (and mycel) registers on a :class:`~nodosum.Node`.
 
-    All methods are blocking and thread-safe. Handlers run on the node's worker
-    threads, never on its event loop, so they may call these methods themselves.
+    All methods are blocking and thread-safe (``request_future`` does not block). Handlers
+    run on the node's worker threads, never on its event loop, so they may call these
+    methods themselves. The application reaches its node only through a
+    :class:`~nodosum.port.NodePort`.
     """
 
-    def __init__(self, node: Node, app_id: str) -> None:
-        self._node = node
+    def __init__(self, port: NodePort, app_id: str) -> None:
+        self._port = port
         self.app_id = app_id
         self._receive_handlers: dict[str, ReceiveHandler] = {}
         self._default_receive: ReceiveHandler | None = None
@@ -47,7 +44,7 @@ class Application:
         self._request_inline = False
 
     def __repr__(self) -> str:
-        return f"<Application {self.app_id!r} on {self._node.node_id!r}>"
+        return f"<Application {self.app_id!r} on {self._port.node_id!r}>"
 
     # -- handlers -----------------------------------------------------------------
     def set_receive_handler(self, handler: ReceiveHandler | None, stream: str | None = None) -> None:
@@ -89,28 +86,25 @@ class Application:
 
     # -- operations ------------------------------------------------------------------
     def nodes(self) -> list[str]:
-        """Ids of every cluster member, this node included, sorted."""
-        return self._node.member_ids()
+        """Ids of the members that registered this application, this node included if it did, sorted.
+
+        With gossip membership a node advertises the applications it registered (see
+        ``Node.register_application``); with static membership every member counts."""
+        return self._port.nodes(self.app_id)
 
     def send(self, payload: bytes, node_ids: Iterable[str] | None = None, *, stream: str = DEFAULT_STREAM) -> None:
-        """Send a one-way message to ``node_ids`` (None: every other member).
+        """Send a one-way message to ``node_ids`` (None: every other node of this application).
 
         Returns once the message is queued; delivery is not acknowledged.
         Raises NodeUnreachable for an id that is not a member.
         """
-        data = _as_bytes(payload)
-        self._check_size(data)
-        node = self._node
-        targets = [n for n in node.member_ids() if n != node.node_id] if node_ids is None else list(node_ids)
-        remote = [n for n in targets if n != node.node_id]
-        if len(remote) != len(targets):
-            handler = self.receive_handler(stream)
-            if handler is not None:
-                node._deliver_local(handler, data)
-        if remote:
-            node._loop.submit(node._messaging.start_send, remote, self.app_id, stream, data).result(
-                node.config.request_timeout
-            )
+        port = self._port
+        data = self._checked(payload)
+        targets = [n for n in self.nodes() if n != port.node_id] if node_ids is None else list(node_ids)
+        port.check_can_block()
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        port.send(done, targets, self.app_id, stream, data)
+        done.result(port.request_timeout)
 
     def send_on_stream(self, name: str, payload: bytes, node_id: str) -> None:
         """Send a one-way message on the named stream to one node (opened if needed)."""
@@ -118,15 +112,15 @@ class Application:
 
     def open_stream(self, name: str, node_id: str, timeout: float | None = None) -> None:
         """Open the named stream to ``node_id`` now (it is also opened on first use)."""
-        node = self._node
-        if node_id == node.node_id:
-            return
-        timeout = node.config.request_timeout if timeout is None else timeout
-        fut = node._loop.submit(node._messaging.open_stream, node_id, self.app_id, name)
+        port = self._port
+        timeout = port.request_timeout if timeout is None else timeout
+        port.check_can_block()
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        port.open_stream(done, node_id, self.app_id, name)
         try:
-            fut.result(timeout)
+            done.result(timeout)
         except concurrent.futures.TimeoutError:
-            fut.cancel()
+            done.cancel()
             raise RequestTimeout(f"could not open stream {name!r} to {node_id!r} within {timeout}s") from None
 
     def request(self, payload: bytes, node_id: str, timeout: float | None = None, *,
@@ -136,21 +130,21 @@ class Application:
         Raises RequestTimeout, RemoteError (the remote handler raised, or there is
         none) or NodeUnreachable. Many requests may be in flight at once.
         """
-        node = self._node
-        data, timeout, correlation_id = self._prepare(payload, timeout)
-        if node_id == node.node_id:
-            return self._request_local(data, correlation_id, timeout)
-        frame = self._request_frame(correlation_id, data)
-        loop = node._loop
+        port = self._port
+        data = _as_bytes(payload)
+        if timeout is None:
+            timeout = port.request_timeout
+        port.check_can_block()
         waiter = Waiter()
-        loop.post(node._messaging.start_request, waiter, node_id, self.app_id, stream, correlation_id, frame)
+        correlation_id = port.request(waiter, node_id, self.app_id, stream, data)
         try:
-            return waiter.result(timeout)  # type: ignore[no-any-return]
+            response: bytes = waiter.result(timeout)
         except TimeoutError:
             if waiter.abandon():
-                loop.call_soon(node._messaging.cancel_request, correlation_id)
+                port.cancel(correlation_id)
                 raise RequestTimeout(f"no response from {node_id!r} within {timeout}s") from None
-            return waiter.result(0)  # type: ignore[no-any-return]
+            response = waiter.result(0)
+        return response
 
     def request_future(self, payload: bytes, node_id: str, timeout: float | None = None, *,
                        stream: str = DEFAULT_STREAM) -> concurrent.futures.Future[bytes]:
@@ -159,82 +153,18 @@ class Application:
         The future fails with RequestTimeout after ``timeout`` seconds (default:
         ``request_timeout``). Use it to have many requests in flight from one thread.
         """
-        node = self._node
-        data, timeout, correlation_id = self._prepare(payload, timeout)
-        if node_id == node.node_id:
-            return self._request_local_future(data, correlation_id, timeout)
-        frame = self._request_frame(correlation_id, data)
-        return node._loop.submit(node._messaging.start_request, node_id, self.app_id, stream, correlation_id,
-                                 frame, timeout)
-
-    def _prepare(self, payload: bytes, timeout: float | None) -> tuple[bytes, float, int]:
-        """The payload as bytes, the effective timeout and a fresh correlation id."""
-        node = self._node
-        return (_as_bytes(payload), node.config.request_timeout if timeout is None else timeout,
-                next(node._messaging.correlation_ids))
-
-    def _request_frame(self, correlation_id: int, data: bytes) -> bytes:
-        try:
-            return encode_request(correlation_id, data, max_frame_size=self._node.config.max_frame_size)
-        except FrameError as exc:
-            raise MessageTooLarge(str(exc)) from None
-
-    def _request_local_future(self, data: bytes, correlation_id: int,
-                              timeout: float) -> concurrent.futures.Future[bytes]:
-        node = self._node
+        port = self._port
+        data = _as_bytes(payload)
         result: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-        handler = self._request_handler
-        if handler is None:
-            result.set_exception(RemoteError(
-                f"application {self.app_id!r} on node {node.node_id!r} has no request handler", node.node_id))
-            return result
-        work = node._loop.run_in_worker_future(node._messaging.run_handler, handler, data, node.node_id,
-                                               correlation_id)
-
-        def finish(done: concurrent.futures.Future[bytes]) -> None:
-            frame = _decode_response(done.result())
-            if frame.error is not None:
-                resolve(result, error=RemoteError(frame.error, node.node_id))
-            else:
-                resolve(result, frame.payload)
-
-        work.add_done_callback(finish)
-        timed_out = RequestTimeout(f"no response from local handler within {timeout}s")
-        loop = node._loop.loop
-        assert loop is not None
-        node._loop.call_soon(lambda: loop.call_later(timeout, resolve, result, None, timed_out))
+        port.request(result, node_id, self.app_id, stream, data, port.request_timeout if timeout is None else timeout)
         return result
 
-    def _request_local(self, data: bytes, correlation_id: int, timeout: float) -> bytes:
-        node = self._node
-        handler = self._request_handler
-        if handler is None:
-            raise RemoteError(f"application {self.app_id!r} on node {node.node_id!r} has no request handler",
-                              node.node_id)
-        messaging = node._messaging
-        fut = node._loop.run_in_worker_future(messaging.run_handler, handler, data, node.node_id, correlation_id)
-        try:
-            encoded = fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise RequestTimeout(f"no response from local handler within {timeout}s") from None
-        frame = _decode_response(encoded)
-        if frame.error is not None:
-            raise RemoteError(frame.error, node.node_id)
-        assert frame.payload is not None
-        return frame.payload
-
-    def _check_size(self, data: bytes) -> None:
-        limit = self._node.config.max_frame_size - 16
+    def _checked(self, payload: bytes) -> bytes:
+        data = _as_bytes(payload)
+        limit = self._port.max_payload
         if len(data) > limit:
             raise MessageTooLarge(f"payload of {len(data)} bytes exceeds max_frame_size ({limit} usable)")
+        return data
 
 
-def _decode_response(encoded: bytes) -> Response:
-    from .transport.frames import FrameDecoder
-
-    (frame,) = FrameDecoder(len(encoded), expect_init=False).feed(encoded)
-    assert isinstance(frame, Response)
-    return frame
-
-
-__all__ = ["Application", "DEFAULT_STREAM", "NodeUnreachable"]
+__all__ = ["Application", "DEFAULT_STREAM"]

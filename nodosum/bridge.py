@@ -2,7 +2,8 @@
 
 A :class:`LoopThread` owns one thread running one asyncio loop (uvloop when it is
 installed and wanted) plus a bounded pool of worker threads for user callbacks.
-Blocking callers hand work to the loop with ``call_soon_threadsafe`` and wait on a
+Callers hand work to the loop with :meth:`LoopThread.post` (a queue drained by one
+``call_soon_threadsafe`` wake-up) and, when they block, wait on a ``Waiter`` or a
 ``concurrent.futures.Future``: no Task is created per call, which measured about
 three times cheaper than ``run_coroutine_threadsafe`` here.
 """
@@ -36,6 +37,19 @@ def _new_loop(use_uvloop: bool | None) -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+def resolve(fut: Any, value: Any = None, error: BaseException | None = None) -> None:
+    """Complete ``fut`` (a concurrent Future or a Waiter) unless its caller gave up on it."""
+    if fut.done():
+        return
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled by its timed-out caller in the meantime
 
 
 class Waiter:
@@ -153,26 +167,35 @@ class LoopThread:
     def running(self) -> bool:
         return self._running
 
+    def abandon_after_fork(self) -> None:
+        """In a child forked while the loop ran: its thread does not exist here, so every call
+        raises NodeNotRunning, saying why."""
+        self._running = False
+        self.forked = True
+
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread_ident
 
     # -- the bridge -----------------------------------------------------------
-    def _check_caller(self) -> asyncio.AbstractEventLoop:
-        if not self._running or self.loop is None:
-            if self.forked:
-                raise NodeNotRunning(f"{self.name} was started before this process forked and its loop thread "
-                                     "does not exist here; start a new Node in the child process")
-            raise NodeNotRunning(f"{self.name} is not running")
+    def check_can_block(self) -> None:
+        """Raise unless the caller may block on the loop: the loop runs, and this is not its thread."""
+        if not self._running:
+            raise self._not_running()
         if threading.get_ident() == self._thread_ident:
             raise LoopThreadError(
                 "a blocking nodosum method was called from the node's event-loop thread; "
                 "call it from another thread (handlers already run on worker threads)"
             )
-        return self.loop
+
+    def _not_running(self) -> NodeNotRunning:
+        if self.forked:
+            return NodeNotRunning(f"{self.name} was started before this process forked and its loop thread "
+                                  "does not exist here; start a new Node in the child process")
+        return NodeNotRunning(f"{self.name} is not running")
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """Run ``fn(*args)`` on the loop thread and return its result (blocking)."""
-        loop = self._check_caller()
+        self.check_can_block()
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def run() -> None:
@@ -181,26 +204,41 @@ class LoopThread:
             except BaseException as exc:  # delivered to the caller, not swallowed
                 fut.set_exception(exc)
 
-        loop.call_soon_threadsafe(run)
+        self.post(run)
         return fut.result(timeout)
 
     def submit(self, fn: Callable[..., None], *args: Any) -> concurrent.futures.Future[Any]:
-        """Queue ``fn(fut, *args)`` on the loop; ``fn`` completes ``fut`` now or later."""
+        """Queue ``fn(fut, *args)`` on the loop for a caller that will wait on ``fut``
+        (``fn`` completes it now or later)."""
+        self.check_can_block()
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.post(fn, fut, *args)
         return fut
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)`` on the loop from a caller thread (checked, not waited for).
+        """Queue ``fn(*args)`` on the loop, from any thread (the loop's own too), without waiting.
 
-        Calls posted while a drain is pending share one loop wake-up (one self-pipe
-        write with asyncio) instead of one each: the request path under many threads.
+        Raises NodeNotRunning once the loop has stopped. Calls posted while a drain is
+        pending share one loop wake-up (one self-pipe write with asyncio) instead of
+        one each: the request path under many threads.
         """
-        loop = self._check_caller()
+        if not self.post_if_running(fn, *args):
+            raise self._not_running()
+
+    def post_if_running(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Like :meth:`post`, for work that is moot once the node stops (a late response, a
+        cancelled request): returns False, queueing nothing, if the loop is not running."""
+        loop = self.loop
+        if loop is None or not self._running:
+            return False
         self._inbox.append((fn, args))
         if not self._drain_pending:
             self._drain_pending = True
-            loop.call_soon_threadsafe(self._drain)
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed meanwhile
+                return False
+        return True
 
     def _drain(self) -> None:
         self._drain_pending = False  # before popping: a post from now on schedules another drain
@@ -215,23 +253,12 @@ class LoopThread:
     def run_coroutine(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop (for rare operations: start, stop)."""
         try:
-            loop = self._check_caller()
+            self.check_can_block()
         except BaseException:
             coro.close()
             raise
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)`` on the loop from any thread, without waiting (dropped once stopped)."""
-        loop = self.loop
-        if loop is not None and self._running:
-            self._inbox.append((fn, args))
-            if not self._drain_pending:
-                self._drain_pending = True
-                try:
-                    loop.call_soon_threadsafe(self._drain)
-                except RuntimeError:  # the loop closed meanwhile
-                    pass
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def run_in_worker(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run a user callback on the worker pool, never on the loop thread."""
@@ -241,9 +268,3 @@ class LoopThread:
             self._pool.submit(fn, *args)
         except RuntimeError:  # pool shut down concurrently
             logger.debug("worker pool of %s is shut down; callback dropped", self.name)
-
-    def run_in_worker_future(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        """Run ``fn(*args)`` on the worker pool and return its future."""
-        if self._pool is None or not self._running:
-            raise NodeNotRunning(f"{self.name} is not running")
-        return self._pool.submit_future(fn, *args)

@@ -23,24 +23,28 @@ APP_ID_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,255}$")
 class TimingProfile:
     """Connection timings; ``lan`` and ``local`` mirror memberlist's presets."""
 
-    idle_timeout: float
+    idle_timeout: float  # QUIC's: a connection that hears nothing (not even keep-alives) for this long is dead
     keepalive_interval: float
     connect_timeout: float
     reconnect_min: float
     reconnect_max: float
+    connection_idle_timeout: float  # ours: a connection with no application traffic for this long is closed
 
 
 PROFILES: dict[str, TimingProfile] = {
     "lan": TimingProfile(
-        idle_timeout=30.0, keepalive_interval=5.0, connect_timeout=5.0, reconnect_min=0.2, reconnect_max=10.0
+        idle_timeout=30.0, keepalive_interval=5.0, connect_timeout=5.0, reconnect_min=0.2, reconnect_max=10.0,
+        connection_idle_timeout=25.0,
     ),
     "local": TimingProfile(
-        idle_timeout=10.0, keepalive_interval=2.0, connect_timeout=2.0, reconnect_min=0.05, reconnect_max=2.0
+        idle_timeout=10.0, keepalive_interval=2.0, connect_timeout=2.0, reconnect_min=0.05, reconnect_max=2.0,
+        connection_idle_timeout=8.0,
     ),
 }
 
 
-TIMING_FIELDS = ("idle_timeout", "keepalive_interval", "connect_timeout", "reconnect_min", "reconnect_max")
+TIMING_FIELDS = ("idle_timeout", "keepalive_interval", "connect_timeout", "reconnect_min", "reconnect_max",
+                 "connection_idle_timeout")
 
 
 @dataclass(frozen=True)
@@ -129,11 +133,13 @@ class NodeConfig:
     connect_timeout: float | None = None
     reconnect_min: float | None = None
     reconnect_max: float | None = None
+    connection_idle_timeout: float | None = None
     request_timeout: float = 5.0
     max_frame_size: int = 8 * 1024 * 1024
     max_pending_requests: int = 65536
     max_queued_bytes: int = 64 * 1024 * 1024
     max_connections: int = 1024
+    max_open_connections: int = 256
     handler_threads: int = 16
     cert_validity: float = 7 * 24 * 3600.0
     use_uvloop: bool | None = None
@@ -189,7 +195,8 @@ class NodeConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(name, f"{value!r} must be a positive number of seconds")
-        for name in ("max_frame_size", "max_pending_requests", "max_queued_bytes", "max_connections", "handler_threads"):
+        for name in ("max_frame_size", "max_pending_requests", "max_queued_bytes", "max_connections",
+                     "max_open_connections", "handler_threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(name, f"{value!r} must be a positive integer")

@@ -18,18 +18,24 @@ from .bridge import LoopThread
 from .certs import ClusterIdentity
 from .config import APP_ID_RE, NodeConfig
 from .errors import ApplicationError, ConfigError, NodeNotRunning, ReadyTimeout
-from .membership import Member, MemberEvent, StaticMembership
+from .membership import Member, MemberEvent, MemberEventKind, Membership, StaticMembership
 from .membership.config import SwimConfig
 from .membership.gossip import APP_ID as MEMBERSHIP_APP_ID
 from .membership.gossip import GossipMembership
 from .membership.keyring import Keyring
+from .membership.meta import encode_meta
 from .metrics import Counters
-from .transport.messaging import InboundDelivery, Messaging
+from .router import Router
+from .transport.messaging import Messaging
 from .transport.quic import QuicEndpoint
+from .workers import SerialQueue
 
 logger = logging.getLogger(__name__)
 
 MemberListener = Callable[[MemberEvent], None]
+
+#: The metadata key under which a node advertises the applications it registered (gossip).
+APPS_META_KEY = "nodosum.apps"
 
 _running_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
 
@@ -86,34 +92,40 @@ class Node:
             valid_seconds=config.cert_validity,
         )
         self.counters = Counters()
-        self._loop = LoopThread(f"nodosum-{config.node_id}", worker_threads=config.handler_threads,
-                                use_uvloop=config.use_uvloop)
+        self._loop_thread = LoopThread(f"nodosum-{config.node_id}", worker_threads=config.handler_threads,
+                                       use_uvloop=config.use_uvloop)
         self._apps: dict[str, Application] = {}
+        self._advertised: list[str] = []  # applications listed in this node's gossiped metadata
+        self._meta = dict(config.meta)  # the user's part of the metadata
         self._apps_lock = threading.Lock()
         self._listeners: list[MemberListener] = []
         self._messaging = Messaging(
-            config.node_id, self._loop, self, self.counters,
+            config.node_id, self._loop_thread, self, self.counters,
             max_frame_size=config.max_frame_size, max_pending_requests=config.max_pending_requests,
             max_queued_bytes=config.max_queued_bytes,
+            connect_timeout=config.connect_timeout,  # type: ignore[arg-type]
             reconnect_min=config.reconnect_min, reconnect_max=config.reconnect_max,  # type: ignore[arg-type]
-            on_connected=self._on_connected,
+            idle_timeout=config.connection_idle_timeout,  # type: ignore[arg-type]
+            max_open=config.max_open_connections,
         )
-        self._membership: StaticMembership | GossipMembership | None = None
+        self._port = Router(config.node_id, self._loop_thread, self._messaging, self, self.counters,
+                            request_timeout=config.request_timeout, max_frame_size=config.max_frame_size,
+                            nodes=self._app_nodes)
+        self._membership: Membership | None = None
+        self._static: StaticMembership | None = None  # the same object, when membership is static
         self._swim_config = SwimConfig.profile(config.profile, **dict(config.swim))
         if config.gossip_keys:
             self.keyring = Keyring(cast(Sequence[bytes], config.gossip_keys))  # parsed to bytes by NodeConfig
         else:
             self.keyring = Keyring([Keyring.generate()])
-        self._joined = False
         self._endpoint: QuicEndpoint | None = None
         self._address: tuple[str, int] | None = None
         self._member_ids: tuple[str, ...] = (config.node_id,)
-        self._connected = threading.Condition()
-        self._connections_made = 0
+        self._app_index: dict[str, list[str]] = {}
+        self._joined = threading.Condition()
         self._state = "new"
         self._state_lock = threading.Lock()
-        self._local_delivery = InboundDelivery()
-        self._event_delivery = InboundDelivery()
+        self._events = SerialQueue(self._loop_thread.run_in_worker, config.max_pending_requests, self.counters)
 
     def __repr__(self) -> str:
         return f"<Node {self.node_id!r} {self._state}>"
@@ -131,17 +143,20 @@ class Node:
         return self._address
 
     def start(self) -> Node:
-        """Bind the port, start the loop thread and join the cluster. Returns self."""
+        """Bind the port, start the loop thread and join the cluster. Returns self.
+
+        Returns without waiting for seeds: the node serves alone until one answers
+        (see :meth:`ready`)."""
         with self._state_lock:
             if self._state == "running":
                 return self
             if self._state != "new":
                 raise NodeNotRunning(f"node {self.node_id!r} was shut down; create a new Node")
-            self._loop.start()
+            self._loop_thread.start()
             try:
-                self._loop.run_coroutine(self._astart(), timeout=30)
+                self._loop_thread.run_coroutine(self._astart(), timeout=30)
             except BaseException:
-                self._loop.stop()
+                self._loop_thread.stop()
                 self._state = "stopped"
                 raise
             self._state = "running"
@@ -151,7 +166,7 @@ class Node:
 
     async def _astart(self) -> None:
         config = self.config
-        loop = self._loop.loop
+        loop = self._loop_thread.loop
         assert loop is not None
 
         def make_endpoint() -> QuicEndpoint:
@@ -165,68 +180,47 @@ class Node:
 
         sock = _bind_udp(config.host, config.port)
         transport, endpoint = await loop.create_datagram_endpoint(make_endpoint, sock=sock)
-        self._endpoint = endpoint
-        self._messaging.endpoint = endpoint
+        self._endpoint = self._messaging.connections.endpoint = self._port.endpoint = endpoint
         host, port = transport.get_extra_info("sockname")[:2]
         self._address = (host, port)
-        local = Member(self.node_id, host, port, dict(config.meta))
+        local = Member(self.node_id, host, port, self._full_meta())
+        membership: Membership
         if config.membership == "static":
             peers = [Member(p.node_id, p.host, p.port) for p in config.peers]
-            self._membership = StaticMembership(local, peers)
-            self._joined = True
+            membership = self._static = StaticMembership(local, peers)
         else:
             gossip = GossipMembership(
                 local, self._swim_config, keyring=self.keyring, share_keys=not config.gossip_keys,
-                label=config.gossip_label.encode(), seeds=list(cast(Sequence[tuple[str, int]], config.seeds)), messaging=self._messaging,
-                counters=self.counters, send=self._send_datagram, request_timeout=config.request_timeout,
-                on_joined=self._on_joined, incarnation=int(time.time() * 1000),
+                label=config.gossip_label.encode(), seeds=list(cast(Sequence[tuple[str, int]], config.seeds)),
+                port=self._port, request_timeout=config.request_timeout, on_joined=self._on_joined,
+                incarnation=int(time.time() * 1000),
             )
             endpoint.non_quic_handler = gossip.datagram_received
-            internal = Application(self, MEMBERSHIP_APP_ID)
+            internal = Application(self._port, MEMBERSHIP_APP_ID)
             internal.set_request_handler(gossip.handle_push_pull, inline=True)
             self._apps[MEMBERSHIP_APP_ID] = internal
-            self._membership = gossip
-        self._membership.start(self._member_event)
-
-    def _send_datagram(self, data: bytes, address: tuple[str, int]) -> None:
-        endpoint = self._endpoint
-        if endpoint is not None and endpoint.transport is not None:
-            endpoint.transport.sendto(data, address)
+            membership = gossip
+        self._membership = membership
+        membership.start(self._member_event)
+        self._reindex()
 
     def _on_joined(self) -> None:
-        self._joined = True
-        self._on_connected("")
+        with self._joined:
+            self._joined.notify_all()
 
     def ready(self, timeout: float | None = 30.0) -> None:
-        """Block until this node has joined and is connected to every current member.
+        """Block until this node has joined its cluster: a seed answered, or it has none
+        (it started the cluster, or its membership is static).
 
-        Raises ReadyTimeout if that takes longer than ``timeout`` seconds."""
+        Connections to members are opened when first needed, not here. Raises
+        ReadyTimeout if no seed answers within ``timeout`` seconds (the node keeps
+        trying, and meanwhile serves alone)."""
         self._check_running()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._connected:
-                seen = self._connections_made
-            missing = self._loop.call(self._unconnected_members)
-            if not missing:
-                return
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ReadyTimeout(f"node {self.node_id!r} not connected to {missing} after {timeout}s")
-            with self._connected:
-                if self._connections_made == seen:
-                    self._connected.wait(0.5 if remaining is None else min(0.5, remaining))
-
-    def _unconnected_members(self) -> list[str]:
-        assert self._membership is not None
-        if not self._joined:
-            return ["(no seed has answered yet)"]
-        return sorted(m.node_id for m in self._membership.members()
-                      if m.node_id != self.node_id and not self._messaging.is_connected(m.node_id))
-
-    def _on_connected(self, node_id: str) -> None:
-        with self._connected:
-            self._connections_made += 1
-            self._connected.notify_all()
+        membership = self._membership
+        assert membership is not None
+        with self._joined:
+            if not self._joined.wait_for(lambda: membership.joined, timeout):
+                raise ReadyTimeout(f"node {self.node_id!r} has not joined: no seed answered within {timeout}s")
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Close every connection, stop the loop thread and the workers. Idempotent."""
@@ -236,18 +230,17 @@ class Node:
                 return
             self._state = "stopped"
             _running_nodes.discard(self)
-        if not self._loop.in_loop_thread():
+        if not self._loop_thread.in_loop_thread():
             try:
-                self._loop.run_coroutine(self._aclose(), timeout=timeout)
+                self._loop_thread.run_coroutine(self._aclose(), timeout=timeout)
             except Exception:
                 logger.exception("error while closing node %s", self.node_id)
-        self._loop.stop(timeout)
+        self._loop_thread.stop(timeout)
         logger.info("node %s shut down", self.node_id)
 
     async def _aclose(self) -> None:
-        if isinstance(self._membership, GossipMembership):
-            await self._membership.leave(self.config.leave_timeout)
         if self._membership is not None:
+            await self._membership.leave(self.config.leave_timeout)
             self._membership.stop()
         self._messaging.close()
         if self._endpoint is not None:
@@ -258,8 +251,7 @@ class Node:
 
     def _forked(self) -> None:
         self._state = "forked"
-        self._loop._running = False
-        self._loop.forked = True
+        self._loop_thread.abandon_after_fork()
 
     def __enter__(self) -> Node:
         return self.start()
@@ -269,10 +261,11 @@ class Node:
 
     # -- members ------------------------------------------------------------------
     def members(self) -> list[Member]:
-        """Every current member, this node included."""
+        """Every current member, this node included. With gossip, ``meta`` lists the
+        applications a member advertises under the key ``nodosum.apps``."""
         self._check_running()
         assert self._membership is not None
-        return self._loop.call(self._membership.members)
+        return self._loop_thread.call(self._membership.members)
 
     def member_ids(self) -> list[str]:
         """Ids of every current member, this node included, sorted (no loop round trip)."""
@@ -280,49 +273,90 @@ class Node:
 
     def add_peer(self, node_id: str, host: str, port: int) -> None:
         """Add a peer to the static member list at run time (membership='static')."""
-        self._loop.call(self._static().add, Member(node_id, host, port))
+        self._loop_thread.call(self._static_membership().add, Member(node_id, host, port))
 
     def remove_peer(self, node_id: str) -> None:
         """Remove a peer from the static member list (a "leave" event)."""
-        self._loop.call(self._static().remove, node_id)
+        self._loop_thread.call(self._static_membership().remove, node_id)
 
-    def _static(self) -> StaticMembership:
+    def _static_membership(self) -> StaticMembership:
         self._check_running()
-        if not isinstance(self._membership, StaticMembership):
+        if self._static is None:
             raise ConfigError("membership", "add_peer/remove_peer need membership='static'; use join() for gossip")
-        return self._membership
-
-    def _gossip(self) -> GossipMembership:
-        self._check_running()
-        if not isinstance(self._membership, GossipMembership):
-            raise ConfigError("membership", "join/update_meta need gossip membership")
-        return self._membership
+        return self._static
 
     def join(self, seeds: list[str]) -> None:
         """Join a cluster through seed addresses ('host:port'); returns at once, see ready()."""
         from .config import parse_address
 
         addresses = [parse_address(seed, "seeds") for seed in seeds]
-        gossip = self._gossip()
-        self._joined = False
-        self._loop.call(gossip.join, addresses)
+        self._check_running()
+        assert self._membership is not None
+        self._loop_thread.call(self._membership.join, addresses)
 
     def update_meta(self, meta: dict[str, Any]) -> None:
-        """Replace this node's metadata (≤ 512 bytes as JSON); members see an update event."""
-        gossip = self._gossip()
-        self._loop.call(gossip.update_meta, dict(meta))
+        """Replace this node's metadata (≤ 512 bytes as JSON, with the advertised applications);
+        members see an update event."""
+        if APPS_META_KEY in meta:
+            raise ConfigError("meta", f"the key {APPS_META_KEY!r} is reserved (advertised applications)")
+        self._check_running()
+        with self._apps_lock:
+            self._publish(dict(meta), self._advertised)
+
+    def _full_meta(self) -> dict[str, Any]:
+        meta = dict(self._meta)
+        if self._advertised:
+            meta[APPS_META_KEY] = sorted(self._advertised)
+        return meta
+
+    def _publish(self, meta: dict[str, Any], advertised: list[str]) -> None:
+        """Make ``meta`` plus ``advertised`` this node's metadata (under the apps lock)."""
+        assert self._membership is not None
+        full = dict(meta)
+        if advertised:
+            full[APPS_META_KEY] = sorted(advertised)
+        self._loop_thread.call(self._membership.update_meta, full)
+        self._meta, self._advertised = meta, advertised
+        self._loop_thread.call(self._reindex)
 
     def on_member_event(self, listener: MemberListener) -> None:
         """Call ``listener(event)`` on a worker thread for each join, leave, fail, update."""
         self._listeners.append(listener)
 
     def _member_event(self, event: MemberEvent) -> None:
-        assert self._membership is not None
-        self._member_ids = tuple(sorted(m.node_id for m in self._membership.members()))
-        self._messaging.member_event(event)
+        member = event.member
+        if member.node_id != self.node_id:
+            connections = self._messaging.connections
+            if event.kind in (MemberEventKind.JOIN, MemberEventKind.UPDATE):
+                connections.member_up(member.node_id, member.address)
+            else:
+                connections.member_down(member.node_id, f"node {member.node_id!r} {event.kind.value}")
+        self._reindex()
         if self._listeners:
             # one ordered queue: listeners see a join before the leave that follows it
-            self._messaging.deliver(self._event_delivery, self._call_listeners, event, self.node_id)
+            self._events.put(self._call_listeners, event, self.node_id)
+
+    def _reindex(self) -> None:
+        """Refresh the member ids and which members run which application (loop thread)."""
+        assert self._membership is not None
+        members = self._membership.members()
+        index: dict[str, list[str]] = {}
+        for member in members:
+            apps = member.meta.get(APPS_META_KEY)
+            if isinstance(apps, list):
+                for app_id in apps:
+                    if isinstance(app_id, str):
+                        index.setdefault(app_id, []).append(member.node_id)
+        for ids in index.values():
+            ids.sort()
+        self._member_ids = tuple(sorted(m.node_id for m in members))
+        self._app_index = index
+
+    def _app_nodes(self, app_id: str) -> list[str]:
+        membership = self._membership
+        if membership is None or not membership.shares_metadata:
+            return list(self._member_ids)
+        return list(self._app_index.get(app_id, ()))
 
     def _call_listeners(self, event: MemberEvent, _sender: str) -> None:
         for listener in list(self._listeners):
@@ -333,8 +367,13 @@ class Node:
                 logger.exception("member event listener raised on %s", event)
 
     # -- applications ------------------------------------------------------------------
-    def register_application(self, app_id: str) -> Application:
-        """Create the application ``app_id`` on this node (once per id)."""
+    def register_application(self, app_id: str, *, advertise: bool = True) -> Application:
+        """Create the application ``app_id`` on this node (once per id); allowed before start.
+
+        With gossip membership, ``advertise`` lists it in this node's metadata, so that
+        the other nodes' ``Application.nodes()`` include this node (they see an update
+        event); ``advertise=False`` lets this node send to an application without being
+        one of its nodes."""
         if not isinstance(app_id, str) or not APP_ID_RE.match(app_id):
             raise ApplicationError(f"invalid application id {app_id!r}")
         if app_id.startswith("nodosum."):
@@ -342,7 +381,19 @@ class Node:
         with self._apps_lock:
             if app_id in self._apps:
                 raise ApplicationError(f"application {app_id!r} is already registered on {self.node_id!r}")
-            app = self._apps[app_id] = Application(self, app_id)
+            if advertise:
+                advertised = [*self._advertised, app_id]
+                try:
+                    encode_meta({**self._meta, APPS_META_KEY: sorted(advertised)}, self._swim_config.max_meta_size)
+                except ConfigError as exc:
+                    raise ApplicationError(f"cannot advertise {app_id!r}: {exc}") from None
+                if self._state == "running" and self._membership is not None and self._membership.shares_metadata:
+                    self._publish(self._meta, advertised)
+                else:
+                    self._advertised = advertised
+                    if self._state == "running":
+                        self._loop_thread.call(self._reindex)
+            app = self._apps[app_id] = Application(self._port, app_id)
         return app
 
     def application(self, app_id: str) -> Application:
@@ -366,16 +417,18 @@ class Node:
     def has_application(self, app_id: str) -> bool:
         return app_id in self._apps
 
-    def _deliver_local(self, handler: ReceiveHandler, payload: bytes) -> None:
-        self._messaging.deliver(self._local_delivery, handler, payload, self.node_id)
-
     # -- observability -------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counters of drops, rejections and errors since start (gossip's prefixed ``gossip_``)."""
+        """Counters since start, as a flat dict of ints (documented in README, "Node.stats()")."""
         stats = self.counters.snapshot()
-        if isinstance(self._membership, GossipMembership) and self._state == "running":
-            stats.update(self._loop.call(self._membership.stats))
+        if self._state == "running":
+            stats.update(self._loop_thread.call(self._loop_stats))
+        stats["handshakes"] = stats.get("connections_verified", 0)
         return stats
+
+    def _loop_stats(self) -> dict[str, int]:
+        assert self._membership is not None
+        return {**self._messaging.stats(), **self._membership.stats()}
 
     def _check_running(self) -> None:
         if self._state != "running":

@@ -12,7 +12,7 @@ cost of waking threads and processes. Three scenarios:
 2. 2 processes: the server in a child process (two process wake-ups per exchange);
 3. 2 processes through nodosum's bridge: the client calls from its own thread through ``LoopThread.post`` and
    waits on a ``Waiter``; the server's loop hands each datagram to its ``WorkerPool`` and the worker hands the
-   answer back with ``LoopThread.call_soon``, as a request handler does (four more thread wake-ups).
+   answer back with ``LoopThread.post``, as a request handler does (four more thread wake-ups).
 
 (3) minus (2) is what the blocking bridge and the worker pool that the design requires cost per request, before
 any QUIC work. bench_transport.py runs these rounds beside its own and adds that cost to the raw 2-process
@@ -56,7 +56,7 @@ class WorkerEcho(Echo):
         self.loop_thread.run_in_worker(self.answer, data, addr)
 
     def answer(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.loop_thread.call_soon(self.transport.sendto, data, addr)
+        self.loop_thread.post(self.transport.sendto, data, addr)
 
 
 class AwaitingClient(asyncio.DatagramProtocol):
@@ -130,7 +130,7 @@ def blocking_exchanges(port: int, requests: int, use_uvloop: bool) -> list[int]:
             waiter.result(5)
             if i >= WARM_UP:
                 lat.append(time.perf_counter_ns() - start)
-        loop_thread.call_soon(transport.close)
+        loop_thread.post(transport.close)
         return lat
     finally:
         loop_thread.stop()
@@ -147,7 +147,7 @@ def serve_echo(conn: Any, use_uvloop: bool, via_workers: bool) -> None:
             loop_thread.loop.create_datagram_endpoint(factory, local_addr=(HOST, 0)), 10)
         conn.send(("address", transport.get_extra_info("sockname")[:2]))
         serve_parent(conn)
-        loop_thread.call_soon(transport.close)
+        loop_thread.post(transport.close)
     finally:
         loop_thread.stop()
 

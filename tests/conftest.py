@@ -63,6 +63,11 @@ def cluster3(make_cluster: Callable[..., list[Node]]) -> list[Node]:
     return make_cluster(["a", "b", "c"])
 
 
+def connection_to(node: Node, peer_id: str):
+    """The QUIC connection ``node`` uses for ``peer_id`` now (None: not connected)."""
+    return node._loop_thread.call(node._messaging.connections.table.adopted, peer_id)
+
+
 def node_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(("nodosum-", "mycel-"))]
 

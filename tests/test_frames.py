@@ -12,17 +12,17 @@ from nodosum.errors import FrameError
 from nodosum.transport.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     MAX_ERROR_MESSAGE_BYTES,
-    PROTOCOL_VERSION,
+    FRAME_VERSION,
     Data,
     FrameDecoder,
     FrameType,
-    Request,
-    Response,
+    RequestFrame,
+    ResponseFrame,
     StreamInit,
     encode_data,
-    encode_error_response,
-    encode_request,
-    encode_response,
+    encode_error_response_frame,
+    encode_request_frame,
+    encode_response_frame,
     encode_stream_init,
 )
 
@@ -30,7 +30,7 @@ FAST = settings(deadline=None, max_examples=100, suppress_health_check=[HealthCh
 FUZZ = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 
 INIT = encode_stream_init("node-a", "cache", "rpc")
-INIT_FRAME = StreamInit(PROTOCOL_VERSION, "node-a", "cache", "rpc")
+INIT_FRAME = StreamInit(FRAME_VERSION, "node-a", "cache", "rpc")
 
 # ------------------------------------------------------------------ strategies
 
@@ -43,23 +43,23 @@ messages = st.text(max_size=100)
 @st.composite
 def init_frames(draw: st.DrawFn) -> tuple[bytes, StreamInit]:
     node, app, name = draw(names), draw(names), draw(names)
-    return encode_stream_init(node, app, name), StreamInit(PROTOCOL_VERSION, node, app, name)
+    return encode_stream_init(node, app, name), StreamInit(FRAME_VERSION, node, app, name)
 
 
 def _data(p: bytes) -> tuple[bytes, Data]:
     return encode_data(p), Data(p)
 
 
-def _request(c: int, p: bytes) -> tuple[bytes, Request]:
-    return encode_request(c, p), Request(c, p)
+def _request(c: int, p: bytes) -> tuple[bytes, RequestFrame]:
+    return encode_request_frame(c, p), RequestFrame(c, p)
 
 
-def _response(c: int, p: bytes) -> tuple[bytes, Response]:
-    return encode_response(c, p), Response(c, p, None)
+def _response(c: int, p: bytes) -> tuple[bytes, ResponseFrame]:
+    return encode_response_frame(c, p), ResponseFrame(c, p, None)
 
 
-def _error(c: int, m: str) -> tuple[bytes, Response]:
-    return encode_error_response(c, m), Response(c, None, m)
+def _error(c: int, m: str) -> tuple[bytes, ResponseFrame]:
+    return encode_error_response_frame(c, m), ResponseFrame(c, None, m)
 
 
 later_frames = st.one_of(
@@ -89,7 +89,7 @@ def frame(ftype: int, body: bytes) -> bytes:
     return struct.pack(">IB", 1 + len(body), ftype) + body
 
 
-def init_body(*strings: bytes, version: int = PROTOCOL_VERSION) -> bytes:
+def init_body(*strings: bytes, version: int = FRAME_VERSION) -> bytes:
     return bytes([version]) + b"".join(struct.pack(">H", len(s)) + s for s in strings)
 
 
@@ -106,7 +106,7 @@ def expect_error(data: bytes, match: str, **kwargs: object) -> FrameDecoder:
 def test_frame_type_values() -> None:
     assert [int(t) for t in FrameType] == [1, 2, 3, 4]
     assert DEFAULT_MAX_FRAME_SIZE == 16 * 1024 * 1024
-    assert PROTOCOL_VERSION == 1
+    assert FRAME_VERSION == 1
 
 
 def test_known_encoding() -> None:
@@ -114,9 +114,9 @@ def test_known_encoding() -> None:
         b"\x00\x00\x00\x0c\x01\x01\x00\x01n\x00\x02ab\x00\x01c"
     )
     assert encode_data(b"xy") == b"\x00\x00\x00\x03\x02xy"
-    assert encode_request(258, b"p") == b"\x00\x00\x00\x0a\x03" + (258).to_bytes(8, "big") + b"p"
-    assert encode_response(1, b"") == b"\x00\x00\x00\x0a\x04" + (1).to_bytes(8, "big") + b"\x00"
-    assert encode_error_response(1, "e") == (
+    assert encode_request_frame(258, b"p") == b"\x00\x00\x00\x0a\x03" + (258).to_bytes(8, "big") + b"p"
+    assert encode_response_frame(1, b"") == b"\x00\x00\x00\x0a\x04" + (1).to_bytes(8, "big") + b"\x00"
+    assert encode_error_response_frame(1, "e") == (
         b"\x00\x00\x00\x0b\x04" + (1).to_bytes(8, "big") + b"\x01e"
     )
 
@@ -137,22 +137,22 @@ def test_data_round_trip(payload: bytes) -> None:
 @FAST
 @given(ids, payloads)
 def test_request_round_trip(cid: int, payload: bytes) -> None:
-    assert decode_all(INIT + encode_request(cid, payload)) == [INIT_FRAME, Request(cid, payload)]
+    assert decode_all(INIT + encode_request_frame(cid, payload)) == [INIT_FRAME, RequestFrame(cid, payload)]
 
 
 @FAST
 @given(ids, payloads)
 def test_response_round_trip(cid: int, payload: bytes) -> None:
-    assert decode_all(encode_response(cid, payload), expect_init=False) == [
-        Response(cid, payload, None)
+    assert decode_all(encode_response_frame(cid, payload), expect_init=False) == [
+        ResponseFrame(cid, payload, None)
     ]
 
 
 @FAST
 @given(ids, messages)
 def test_error_response_round_trip(cid: int, message: str) -> None:
-    assert decode_all(encode_error_response(cid, message), expect_init=False) == [
-        Response(cid, None, message)
+    assert decode_all(encode_error_response_frame(cid, message), expect_init=False) == [
+        ResponseFrame(cid, None, message)
     ]
 
 
@@ -215,12 +215,12 @@ def test_every_prefix_yields_only_complete_frames(stream: tuple[list[bytes], lis
 
 
 def test_byte_at_a_time_and_buffered() -> None:
-    blob = INIT + encode_request(7, b"abc") + encode_data(b"z" * 50)
+    blob = INIT + encode_request_frame(7, b"abc") + encode_data(b"z" * 50)
     dec = FrameDecoder()
     got: list[object] = []
     for i in range(len(blob)):
         got.extend(dec.feed(blob[i : i + 1]))
-    assert got == [INIT_FRAME, Request(7, b"abc"), Data(b"z" * 50)]
+    assert got == [INIT_FRAME, RequestFrame(7, b"abc"), Data(b"z" * 50)]
     assert dec.buffered == 0
     assert dec.feed(b"") == []
     assert dec.feed(b"\x00\x00") == []
@@ -229,24 +229,24 @@ def test_byte_at_a_time_and_buffered() -> None:
 
 def test_large_frame_in_many_chunks() -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB
-    blob = INIT + encode_data(payload) + encode_request(1, b"tail")
+    blob = INIT + encode_data(payload) + encode_request_frame(1, b"tail")
     dec = FrameDecoder()
     got: list[object] = []
     for i in range(0, len(blob), 1000):
         got.extend(dec.feed(blob[i : i + 1000]))
-    assert got == [INIT_FRAME, Data(payload), Request(1, b"tail")]
+    assert got == [INIT_FRAME, Data(payload), RequestFrame(1, b"tail")]
     assert type(got[1].payload) is bytes  # type: ignore[attr-defined]
 
 
 def test_frame_equality_and_repr() -> None:
     assert Data(b"x") == Data(b"x")
     assert Data(b"x") != Data(b"y")
-    assert Request(1, b"x") != Response(1, b"x", None)
+    assert RequestFrame(1, b"x") != ResponseFrame(1, b"x", None)
     assert Data(b"x") != (b"x",)
-    assert len({Request(1, b"a"), Request(1, b"a")}) == 1
-    assert "Response(correlation_id=3" in repr(Response(3, None, "boom"))
-    match Request(5, b"p"):
-        case Request(cid, body):
+    assert len({RequestFrame(1, b"a"), RequestFrame(1, b"a")}) == 1
+    assert "ResponseFrame(correlation_id=3" in repr(ResponseFrame(3, None, "boom"))
+    match RequestFrame(5, b"p"):
+        case RequestFrame(cid, body):
             assert (cid, body) == (5, b"p")
 
 
@@ -365,7 +365,7 @@ def test_truncated_stream_init(body: bytes, match: str) -> None:
 
 def test_minimal_request_and_response_bodies() -> None:
     got = decode_all(INIT + frame(3, b"\x00" * 8) + frame(4, b"\x00" * 9))
-    assert got == [INIT_FRAME, Request(0, b""), Response(0, b"", None)]
+    assert got == [INIT_FRAME, RequestFrame(0, b""), ResponseFrame(0, b"", None)]
 
 
 @pytest.mark.parametrize(
@@ -404,7 +404,7 @@ def test_unsupported_version(version: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "first", [encode_data(b"x"), encode_request(1, b""), encode_response(1, b"")]
+    "first", [encode_data(b"x"), encode_request_frame(1, b""), encode_response_frame(1, b"")]
 )
 def test_first_frame_must_be_stream_init(first: bytes) -> None:
     expect_error(first + INIT, "first frame must be STREAM_INIT")
@@ -451,16 +451,16 @@ def test_error_in_buffered_path_releases_buffer() -> None:
 
 @pytest.mark.parametrize("cid", [-1, 2**64, 2**70, 1.5, "7", None])
 def test_encoders_reject_bad_correlation_ids(cid: object) -> None:
-    for encode in (encode_request, encode_response):
+    for encode in (encode_request_frame, encode_response_frame):
         with pytest.raises(FrameError, match="correlation id"):
             encode(cid, b"")  # type: ignore[arg-type]
     with pytest.raises(FrameError, match="correlation id"):
-        encode_error_response(cid, "x")  # type: ignore[arg-type]
+        encode_error_response_frame(cid, "x")  # type: ignore[arg-type]
 
 
 def test_encoders_accept_id_bounds() -> None:
     for cid in (0, 2**64 - 1):
-        assert decode_all(encode_request(cid, b""), expect_init=False) == [Request(cid, b"")]
+        assert decode_all(encode_request_frame(cid, b""), expect_init=False) == [RequestFrame(cid, b"")]
 
 
 @pytest.mark.parametrize(
@@ -490,14 +490,14 @@ def test_encoders_reject_oversize() -> None:
     limit = 20
     # bodies of exactly the limit are fine
     assert len(encode_data(b"x" * 19, max_frame_size=limit)) == 4 + limit
-    assert len(encode_request(1, b"x" * 11, max_frame_size=limit)) == 4 + limit
-    assert len(encode_response(1, b"x" * 10, max_frame_size=limit)) == 4 + limit
-    assert len(encode_error_response(1, "x" * 10, max_frame_size=limit)) == 4 + limit
+    assert len(encode_request_frame(1, b"x" * 11, max_frame_size=limit)) == 4 + limit
+    assert len(encode_response_frame(1, b"x" * 10, max_frame_size=limit)) == 4 + limit
+    assert len(encode_error_response_frame(1, "x" * 10, max_frame_size=limit)) == 4 + limit
     cases = [
         lambda: encode_data(b"x" * 20, max_frame_size=limit),
-        lambda: encode_request(1, b"x" * 12, max_frame_size=limit),
-        lambda: encode_response(1, b"x" * 11, max_frame_size=limit),
-        lambda: encode_error_response(1, "x" * 11, max_frame_size=limit),
+        lambda: encode_request_frame(1, b"x" * 12, max_frame_size=limit),
+        lambda: encode_response_frame(1, b"x" * 11, max_frame_size=limit),
+        lambda: encode_error_response_frame(1, "x" * 11, max_frame_size=limit),
         lambda: encode_stream_init("n" * 11, "a", "s", max_frame_size=limit),
     ]
     for case in cases:
@@ -508,7 +508,7 @@ def test_encoders_reject_oversize() -> None:
 
 def test_error_message_truncation() -> None:
     def decoded(message: str) -> str:
-        (resp,) = decode_all(encode_error_response(1, message), expect_init=False)
+        (resp,) = decode_all(encode_error_response_frame(1, message), expect_init=False)
         return resp.error  # type: ignore[attr-defined,no-any-return]
 
     assert decoded("a" * 5000) == "a" * MAX_ERROR_MESSAGE_BYTES
@@ -522,7 +522,7 @@ def test_error_message_truncation() -> None:
 @FAST
 @given(st.text(alphabet=st.sampled_from("aé€😀\u0300"), min_size=1000, max_size=4200))
 def test_error_message_truncation_property(message: str) -> None:
-    (resp,) = decode_all(encode_error_response(1, message), expect_init=False)
+    (resp,) = decode_all(encode_error_response_frame(1, message), expect_init=False)
     error = resp.error  # type: ignore[attr-defined]
     assert message.startswith(error)
     raw = error.encode("utf-8")

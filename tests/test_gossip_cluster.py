@@ -13,7 +13,7 @@ import pytest
 
 from nodosum import ConfigError, Node, NodeConfig, NodeUnreachable, ReadyTimeout, RequestTimeout
 
-from .conftest import reap_child, spawn_child, wait_for
+from .conftest import connection_to, reap_child, spawn_child, wait_for
 
 FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}
 
@@ -100,8 +100,7 @@ def test_killed_node_is_declared_failed_and_disconnected(ca, started):
         assert all("f9" not in ids for ids in views(started).values())
         # its QUIC connections were closed on the fail event
         for node in started:
-            assert node._loop.call(lambda n=node: n._messaging.peers.get("f9") is None
-                                   or n._messaging.peers["f9"].conn is None)
+            assert connection_to(node, "f9") is None
         assert detection < 60
     finally:
         reap_child(child)

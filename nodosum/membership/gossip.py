@@ -21,10 +21,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from ..metrics import Counters
-from ..transport.frames import encode_request
-from ..transport.messaging import Messaging
+from ..port import NodePort
 from .base import Member, MembershipListener
+from .codec import NodeStatus
 from .config import SwimConfig
 from .errors import GossipDecodeError, GossipDecryptError, KeyringError
 from .exchange import decode_exchange, encode_exchange
@@ -43,9 +42,10 @@ MAX_AUTO_KEYS = 16  # keys kept by the automatic keyring when clusters meet
 class GossipMembership:
     """Membership by SWIM gossip (loop thread only, like the Swim core it drives)."""
 
+    shares_metadata = True
+
     def __init__(self, local: Member, config: SwimConfig, *, keyring: Keyring, share_keys: bool, label: bytes,
-                 seeds: list[tuple[str, int]], messaging: Messaging, counters: Counters,
-                 send: Callable[[bytes, tuple[str, int]], None], request_timeout: float,
+                 seeds: list[tuple[str, int]], port: NodePort, request_timeout: float,
                  on_joined: Callable[[], None], incarnation: int = 0) -> None:
         self.local = local
         self.config = config
@@ -53,9 +53,9 @@ class GossipMembership:
         self.share_keys = share_keys
         self.label = label
         self.seeds = list(seeds)
-        self.messaging = messaging
-        self.counters = counters
-        self._send = send
+        self.port = port
+        self.counters = port.counters
+        self._send = port.send_datagram
         self.request_timeout = request_timeout
         self._on_joined = on_joined
         self._incarnation = incarnation
@@ -111,7 +111,7 @@ class GossipMembership:
         for address in self.seeds:
             fut: concurrent.futures.Future[str] = concurrent.futures.Future()
             fut.add_done_callback(functools.partial(self._seed_answered, address))
-            self.messaging.connect_address(fut, address)
+            self.port.connect(fut, address)
         self._join_attempts += 1
         delay = min(JOIN_RETRY_MAX, JOIN_RETRY_MIN * 2 ** min(self._join_attempts, 10))
         self._join_handle = self._loop.call_later(delay * (0.5 + self._rng.random()), self._retry_join)
@@ -156,12 +156,9 @@ class GossipMembership:
         assert self.swim is not None
         payload = encode_exchange(self._seal(self.swim.local_state(join)),
                                   self._keys_to_share(join and not self.joined), join)
-        correlation_id = next(self.messaging.correlation_ids)
-        frame = encode_request(correlation_id, payload)
         fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
         fut.add_done_callback(lambda f: self._loop.call_soon(self._push_pull_done, f, node_id, join))
-        self.messaging.start_request(fut, node_id, APP_ID, STREAM, correlation_id, frame,
-                                     self.request_timeout, address)
+        self.port.request(fut, node_id, APP_ID, STREAM, payload, self.request_timeout, address)
 
     def _push_pull_done(self, fut: concurrent.futures.Future[bytes], node_id: str, join: bool) -> None:
         if self._stopped or self.swim is None:
@@ -311,4 +308,11 @@ class GossipMembership:
         self._pump()
 
     def stats(self) -> dict[str, int]:
-        return {} if self.swim is None else {f"gossip_{k}": v for k, v in self.swim.stats.items()}
+        if self.swim is None:
+            return {}
+        stats = {f"gossip_{k}": v for k, v in self.swim.stats.items()}
+        for status in NodeStatus:
+            stats[f"members_{status.name.lower()}"] = 0
+        for state in self.swim.member_states():
+            stats[f"members_{state.status.name.lower()}"] += 1
+        return stats

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..errors import ConfigError
 from .base import Member, MemberEvent, MemberEventKind, MembershipListener
 
 
@@ -11,6 +14,9 @@ class StaticMembership:
     Used until gossip membership replaces it; it never declares a peer failed,
     so the transport keeps reconnecting to a peer that is down.
     """
+
+    shares_metadata = False  # every member counts for every application
+    joined = True
 
     def __init__(self, local: Member, peers: list[Member]) -> None:
         self.local = local
@@ -33,6 +39,18 @@ class StaticMembership:
 
     def is_member(self, node_id: str) -> bool:
         return node_id == self.local.node_id or node_id in self._peers
+
+    def join(self, addresses: list[tuple[str, int]]) -> None:
+        raise ConfigError("membership", "join needs gossip membership; a static member list grows with add_peer")
+
+    async def leave(self, timeout: float) -> None:
+        """Nothing to announce: the others' lists are static too."""
+
+    def update_meta(self, meta: dict[str, Any]) -> None:
+        raise ConfigError("membership", "update_meta needs gossip membership: static members share no metadata")
+
+    def stats(self) -> dict[str, int]:
+        return {"members_alive": 1 + len(self._peers)}
 
     def add(self, member: Member) -> None:
         if member.node_id == self.local.node_id:

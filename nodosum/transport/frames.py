@@ -8,7 +8,7 @@ Wire format (all integers big-endian)::
     frame       = u32 body_length, body            (1 <= body_length <= max_frame_size)
     body        = u8 frame_type, fields
 
-    STREAM_INIT = 1: u8 version (PROTOCOL_VERSION), string node_id, string app_id,
+    STREAM_INIT = 1: u8 version (FRAME_VERSION), string node_id, string app_id,
                      string stream_name            (nothing may follow)
     DATA        = 2: payload                       (rest of body, may be empty)
     REQUEST     = 3: u64 correlation_id, payload   (rest of body)
@@ -35,22 +35,22 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "MAX_ERROR_MESSAGE_BYTES",
     "MAX_STRING_BYTES",
-    "PROTOCOL_VERSION",
+    "FRAME_VERSION",
     "Data",
     "Frame",
     "FrameDecoder",
     "FrameType",
-    "Request",
-    "Response",
+    "RequestFrame",
+    "ResponseFrame",
     "StreamInit",
     "encode_data",
-    "encode_error_response",
-    "encode_request",
-    "encode_response",
+    "encode_error_response_frame",
+    "encode_request_frame",
+    "encode_response_frame",
     "encode_stream_init",
 ]
 
-PROTOCOL_VERSION = 1
+FRAME_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 #: Longest node_id / app_id / stream_name, in UTF-8 bytes.
 MAX_STRING_BYTES = 255
@@ -141,7 +141,7 @@ class Data:
         return f"Data(payload={self.payload!r})"
 
 
-class Request:
+class RequestFrame:
     """REQUEST: a payload that expects a RESPONSE with the same correlation id."""
 
     __slots__ = ("correlation_id", "payload")
@@ -152,7 +152,7 @@ class Request:
         self.payload = payload
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is Request:
+        if other.__class__ is RequestFrame:
             return (
                 self.correlation_id == other.correlation_id  # type: ignore[attr-defined]
                 and self.payload == other.payload  # type: ignore[attr-defined]
@@ -160,13 +160,13 @@ class Request:
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((Request, self.correlation_id, self.payload))
+        return hash((RequestFrame, self.correlation_id, self.payload))
 
     def __repr__(self) -> str:
-        return f"Request(correlation_id={self.correlation_id!r}, payload={self.payload!r})"
+        return f"RequestFrame(correlation_id={self.correlation_id!r}, payload={self.payload!r})"
 
 
-class Response:
+class ResponseFrame:
     """RESPONSE: exactly one of ``payload`` (success) and ``error`` (failure) is not None."""
 
     __slots__ = ("correlation_id", "payload", "error")
@@ -178,7 +178,7 @@ class Response:
         self.error = error
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is Response:
+        if other.__class__ is ResponseFrame:
             return (
                 self.correlation_id == other.correlation_id  # type: ignore[attr-defined]
                 and self.payload == other.payload  # type: ignore[attr-defined]
@@ -187,16 +187,16 @@ class Response:
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((Response, self.correlation_id, self.payload, self.error))
+        return hash((ResponseFrame, self.correlation_id, self.payload, self.error))
 
     def __repr__(self) -> str:
         return (
-            f"Response(correlation_id={self.correlation_id!r}, "
+            f"ResponseFrame(correlation_id={self.correlation_id!r}, "
             f"payload={self.payload!r}, error={self.error!r})"
         )
 
 
-Frame = Union[StreamInit, Data, Request, Response]
+Frame = Union[StreamInit, Data, RequestFrame, ResponseFrame]
 
 
 # ------------------------------------------------------------------- encoders
@@ -231,7 +231,7 @@ def encode_stream_init(
     *,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
 ) -> bytes:
-    """Encode a STREAM_INIT frame for :data:`PROTOCOL_VERSION`."""
+    """Encode a STREAM_INIT frame for :data:`FRAME_VERSION`."""
     node = _encode_string("node_id", node_id)
     app = _encode_string("app_id", app_id)
     name = _encode_string("stream_name", stream_name)
@@ -241,7 +241,7 @@ def encode_stream_init(
     pack16 = _U16.pack
     return b"".join(
         (
-            _HDR_INIT.pack(body_len, _T_INIT, PROTOCOL_VERSION),
+            _HDR_INIT.pack(body_len, _T_INIT, FRAME_VERSION),
             pack16(len(node)),
             node,
             pack16(len(app)),
@@ -260,7 +260,7 @@ def encode_data(payload: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE)
     return _HDR_DATA.pack(body_len, _T_DATA) + payload
 
 
-def encode_request(
+def encode_request_frame(
     correlation_id: int, payload: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
 ) -> bytes:
     """Encode a REQUEST frame."""
@@ -274,7 +274,7 @@ def encode_request(
     return header + payload
 
 
-def encode_response(
+def encode_response_frame(
     correlation_id: int, payload: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
 ) -> bytes:
     """Encode a successful RESPONSE frame (status 0) carrying ``payload``."""
@@ -288,7 +288,7 @@ def encode_response(
     return header + payload
 
 
-def encode_error_response(
+def encode_error_response_frame(
     correlation_id: int, message: str, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
 ) -> bytes:
     """Encode a failed RESPONSE frame (status 1) carrying ``message``.
@@ -319,9 +319,9 @@ def _parse_init(view: Any, start: int, stop: int) -> StreamInit:
     if p >= stop:
         raise FrameError("truncated STREAM_INIT: missing protocol version")
     version = view[p]
-    if version != PROTOCOL_VERSION:
+    if version != FRAME_VERSION:
         raise FrameError(
-            f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
+            f"unsupported protocol version {version} (this side speaks {FRAME_VERSION})"
         )
     p += 1
     values = []
@@ -427,7 +427,7 @@ class FrameDecoder:
                         payload = view[start + 9 : stop]
                         if src is not data:
                             payload = bytes(payload)
-                        append(Request(unpack_u64(src, start + 1)[0], payload))
+                        append(RequestFrame(unpack_u64(src, start + 1)[0], payload))
                     elif ftype == _T_RESPONSE:
                         if body_len < 10:
                             raise FrameError(f"truncated RESPONSE: body of {body_len} bytes")
@@ -436,7 +436,7 @@ class FrameDecoder:
                             payload = view[start + 10 : stop]
                             if src is not data:
                                 payload = bytes(payload)
-                            append(Response(cid, payload, None))
+                            append(ResponseFrame(cid, payload, None))
                         elif status == STATUS_ERROR:
                             try:
                                 message = str(view[start + 10 : stop], "utf-8")
@@ -444,7 +444,7 @@ class FrameDecoder:
                                 raise FrameError(
                                     "RESPONSE error message is not valid UTF-8"
                                 ) from None
-                            append(Response(cid, None, message))
+                            append(ResponseFrame(cid, None, message))
                         else:
                             raise FrameError(f"RESPONSE status {status} is neither 0 nor 1")
                     elif ftype == _T_DATA:

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
-import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 from .application import Application, ReceiveHandler, RequestHandler
 from .bridge import LoopThread
+from .binding import advertised_host, bind_udp, is_self
 from .certs import ClusterIdentity
-from .config import APP_ID_RE, NodeConfig
+from .config import APP_ID_RE, APPS_META_KEY, NodeConfig, parse_seed
 from .errors import ApplicationError, ConfigError, NodeNotRunning, ReadyTimeout
 from .membership import Member, MemberEvent, MemberEventKind, Membership, StaticMembership
-from .membership.config import SwimConfig
 from .membership.gossip import APP_ID as MEMBERSHIP_APP_ID
 from .membership.gossip import GossipMembership
 from .membership.keyring import Keyring
@@ -34,9 +32,6 @@ logger = logging.getLogger(__name__)
 
 MemberListener = Callable[[MemberEvent], None]
 
-#: The metadata key under which a node advertises the applications it registered (gossip).
-APPS_META_KEY = "nodosum.apps"
-
 _running_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
 
 
@@ -47,29 +42,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _bind_udp(host: str, port: int) -> socket.socket:
-    """Bind the node's UDP socket ourselves, so a busy port is reported precisely."""
-    try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    except socket.gaierror as exc:
-        raise ConfigError("host", f"cannot resolve {host!r}: {exc}") from None
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
-            except OSError:
-                pass  # the kernel's limit applies; larger buffers only absorb bursts
-        sock.bind(address)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError("port", f"{host}:{port} is already in use") from None
-        raise ConfigError("host", f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
-    return sock
 
 
 class Node:
@@ -86,6 +58,7 @@ class Node:
         elif settings:
             config = config.replace(**settings)
         self.config = config
+        self._settings = resolved = config.resolve()
         assert config.ca_cert is not None  # NodeConfig requires it
         self.identity = ClusterIdentity.from_config(
             config.node_id, config.ca_cert, config.ca_key, config.cert, config.key,
@@ -102,24 +75,19 @@ class Node:
         self._messaging = Messaging(
             config.node_id, self._loop_thread, self, self.counters,
             max_frame_size=config.max_frame_size, max_pending_requests=config.max_pending_requests,
-            max_queued_bytes=config.max_queued_bytes,
-            connect_timeout=config.connect_timeout,  # type: ignore[arg-type]
-            reconnect_min=config.reconnect_min, reconnect_max=config.reconnect_max,  # type: ignore[arg-type]
-            idle_timeout=config.connection_idle_timeout,  # type: ignore[arg-type]
-            max_open=config.max_open_connections,
+            max_queued_bytes=config.max_queued_bytes, connect_timeout=resolved.timing.connect_timeout,
+            reconnect_min=resolved.timing.reconnect_min, reconnect_max=resolved.timing.reconnect_max,
+            idle_timeout=resolved.timing.connection_idle_timeout, max_open=config.max_open_connections,
         )
         self._port = Router(config.node_id, self._loop_thread, self._messaging, self, self.counters,
                             request_timeout=config.request_timeout, max_frame_size=config.max_frame_size,
                             nodes=self._app_nodes)
         self._membership: Membership | None = None
         self._static: StaticMembership | None = None  # the same object, when membership is static
-        self._swim_config = SwimConfig.profile(config.profile, **dict(config.swim))
-        if config.gossip_keys:
-            self.keyring = Keyring(cast(Sequence[bytes], config.gossip_keys))  # parsed to bytes by NodeConfig
-        else:
-            self.keyring = Keyring([Keyring.generate()])
+        self.keyring = Keyring(list(resolved.gossip_keys) or [Keyring.generate()])
         self._endpoint: QuicEndpoint | None = None
         self._address: tuple[str, int] | None = None
+        self._advertised_address: tuple[str, int] | None = None
         self._member_ids: tuple[str, ...] = (config.node_id,)
         self._app_index: dict[str, list[str]] = {}
         self._joined = threading.Condition()
@@ -141,6 +109,13 @@ class Node:
         if self._address is None:
             raise NodeNotRunning("the node is not started")
         return self._address
+
+    @property
+    def advertised_address(self) -> tuple[str, int]:
+        """The (host, port) peers are told: ``advertise``, or the bound (or detected) address."""
+        if self._advertised_address is None:
+            raise NodeNotRunning("the node is not started")
+        return self._advertised_address
 
     def start(self) -> Node:
         """Bind the port, start the loop thread and join the cluster. Returns self.
@@ -165,34 +140,39 @@ class Node:
         return self
 
     async def _astart(self) -> None:
-        config = self.config
+        config, settings, timing = self.config, self._settings, self._settings.timing
         loop = self._loop_thread.loop
         assert loop is not None
 
         def make_endpoint() -> QuicEndpoint:
             return QuicEndpoint(
-                self.identity, self._messaging, self.counters,
-                idle_timeout=config.idle_timeout,  # type: ignore[arg-type]
-                connect_timeout=config.connect_timeout,  # type: ignore[arg-type]
-                keepalive_interval=config.keepalive_interval,  # type: ignore[arg-type]
+                self.identity, self._messaging, self.counters, idle_timeout=timing.idle_timeout,
+                connect_timeout=timing.connect_timeout, keepalive_interval=timing.keepalive_interval,
                 max_connections=config.max_connections,
             )
 
-        sock = _bind_udp(config.host, config.port)
+        sock = bind_udp(config.host, settings.ports)
+        try:
+            advertised = advertised_host(sock.getsockname()[0], settings.advertise, settings.seeds)
+        except ConfigError:
+            sock.close()
+            raise
         transport, endpoint = await loop.create_datagram_endpoint(make_endpoint, sock=sock)
         self._endpoint = self._messaging.connections.endpoint = self._port.endpoint = endpoint
         host, port = transport.get_extra_info("sockname")[:2]
         self._address = (host, port)
-        local = Member(self.node_id, host, port, self._full_meta())
+        self._advertised_address = (advertised, port)
+        local = Member(self.node_id, advertised, port, self._full_meta())
         membership: Membership
-        if config.membership == "static":
-            peers = [Member(p.node_id, p.host, p.port) for p in config.peers]
+        if settings.membership == "static":
+            peers = [Member(p.node_id, p.host, p.port) for p in settings.peers]
             membership = self._static = StaticMembership(local, peers)
         else:
+            seeds = [seed for seed in settings.seeds if not is_self(seed, (host, port), advertised)]
             gossip = GossipMembership(
-                local, self._swim_config, keyring=self.keyring, share_keys=not config.gossip_keys,
-                label=config.gossip_label.encode(), seeds=list(cast(Sequence[tuple[str, int]], config.seeds)),
-                port=self._port, request_timeout=config.request_timeout, on_joined=self._on_joined,
+                local, settings.swim, keyring=self.keyring, share_keys=not settings.gossip_keys,
+                label=config.gossip_label.encode(), seeds=seeds, port=self._port,
+                request_timeout=config.request_timeout, on_joined=self._on_joined,
                 incarnation=int(time.time() * 1000),
             )
             endpoint.non_quic_handler = gossip.datagram_received
@@ -286,10 +266,8 @@ class Node:
         return self._static
 
     def join(self, seeds: list[str]) -> None:
-        """Join a cluster through seed addresses ('host:port'); returns at once, see ready()."""
-        from .config import parse_address
-
-        addresses = [parse_address(seed, "seeds") for seed in seeds]
+        """Join a cluster through seeds (as in NodeConfig.seeds); returns at once, see ready()."""
+        addresses = [address for seed in seeds for address in parse_seed(seed, self._settings.ports)]
         self._check_running()
         assert self._membership is not None
         self._loop_thread.call(self._membership.join, addresses)
@@ -384,7 +362,7 @@ class Node:
             if advertise:
                 advertised = [*self._advertised, app_id]
                 try:
-                    encode_meta({**self._meta, APPS_META_KEY: sorted(advertised)}, self._swim_config.max_meta_size)
+                    encode_meta({**self._meta, APPS_META_KEY: sorted(advertised)}, self._settings.swim.max_meta_size)
                 except ConfigError as exc:
                     raise ApplicationError(f"cannot advertise {app_id!r}: {exc}") from None
                 if self._state == "running" and self._membership is not None and self._membership.shares_metadata:

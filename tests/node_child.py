@@ -1,11 +1,15 @@
 """A gossip node (optionally with a cache) in its own process, for kill -9 tests.
 
 stdin: one JSON line {"ca": [cert, key], "node_id": ..., "seeds": ["host:port"], "swim": {...},
-                      "cache": bool, "replicas": n, "host": ..., "port": n, "echo": bool}
+                      "cache": bool, "replicas": n, "host": ..., "port": n or "first-last", "echo": bool,
+                      "members_file": path}
 stdout: "host port" once listening, then "ready" once joined. Exits when stdin closes.
+With "members_file", the node does not wait to join: it writes its sorted member ids there
+(as JSON, replaced atomically) at start and after every member event.
 """
 
 import json
+import os
 import sys
 
 from mycel import Cache
@@ -22,7 +26,17 @@ def main() -> None:
     if spec.get("echo"):
         node.register_application("echo").set_request_handler(lambda payload, sender: payload)
     print(*node.address, flush=True)
-    node.ready(30)
+    path = spec.get("members_file")
+    if path:
+        def report(_event: object = None) -> None:
+            with open(path + ".tmp", "w") as out:
+                json.dump(node.member_ids(), out)
+            os.replace(path + ".tmp", path)
+
+        node.on_member_event(report)
+        report()
+    else:
+        node.ready(30)
     if spec.get("cache"):
         Cache(node, replicas=spec.get("replicas", 3), remote_timeout=0.5)
     print("ready", flush=True)

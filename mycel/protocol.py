@@ -44,10 +44,12 @@ from typing import Any, ClassVar, Union
 from mycel.errors import (
     BucketConflict,
     BucketNotFound,
+    CacheClosed,
     KeyNotFound,
     MycelError,
     NotAnInteger,
     ProtocolError,
+    QuorumNotReached,
     ValueTooLarge,
 )
 from mycel.store import BucketSpec
@@ -133,7 +135,9 @@ class ErrorCode(enum.IntEnum):
     CONFLICT = 4
     BAD_REQUEST = 5
     TOO_LARGE = 6
-    INTERNAL = 7
+    INTERNAL = 7  # the handler failed at an unknown point: the operation may have happened
+    QUORUM = 8  # size = replicas that acknowledged, limit = replicas needed
+    CLOSED = 9  # the responder's cache is closing or closed
 
 
 # --------------------------------------------------------------------- messages
@@ -285,7 +289,14 @@ class ErrorResponse:
             return BucketConflict(message)
         if code == ErrorCode.TOO_LARGE:
             return ValueTooLarge(self.size, self.limit, message)
-        return MycelError(message)
+        if code == ErrorCode.QUORUM:
+            return QuorumNotReached(self.size, self.limit, self.limit, message,
+                                    failed_keys=[self.key] if self.key else [], maybe_applied=True)
+        if code == ErrorCode.CLOSED:
+            return CacheClosed(message)
+        error = MycelError(message)
+        error.maybe_applied = code == ErrorCode.INTERNAL
+        return error
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorResponse:
@@ -301,6 +312,11 @@ class ErrorResponse:
             return cls(ErrorCode.CONFLICT, message)
         if isinstance(exc, ValueTooLarge):
             return cls(ErrorCode.TOO_LARGE, message, size=exc.size, limit=exc.limit)
+        if isinstance(exc, QuorumNotReached):
+            key = exc.failed_keys[0] if len(exc.failed_keys) == 1 else ""
+            return cls(ErrorCode.QUORUM, message, key=key, size=exc.acked, limit=exc.needed)
+        if isinstance(exc, CacheClosed):
+            return cls(ErrorCode.CLOSED, message)
         if isinstance(exc, ValueError):  # ProtocolError, invalid bucket settings, bad ttl...
             return cls(ErrorCode.BAD_REQUEST, message)
         return cls(ErrorCode.INTERNAL, f"{type(exc).__name__}: {message}")

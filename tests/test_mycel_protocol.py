@@ -344,7 +344,7 @@ def test_specific_response_errors() -> None:
     with pytest.raises(ProtocolError, match="bits"):
         decode_response(Op.APPLY, b"\x01\x00\x00\x00\x00\x01\x04")
     with pytest.raises(ProtocolError, match="error code"):
-        decode_response(Op.GET, b"\x01\x01\x09" + b"\x00" * 22)
+        decode_response(Op.GET, b"\x01\x01\xee" + b"\x00" * 22)
     with pytest.raises(ProtocolError, match="unknown op"):
         decode_response(99, b"\x01\x00")  # type: ignore[arg-type]
 

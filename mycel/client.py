@@ -1,32 +1,49 @@
-"""The client role: every cache operation that may leave this node, written once as steps.
+"""The client role: every cache operation, written once as steps.
 
-Each method returns a step generator (mycel/remote.py) that :class:`~mycel.cache.Cache` runs
-blocking and :class:`~mycel.aio.AsyncCache` awaits. The local fast paths (a hit on a key this
-node holds) stay in those two classes, so that a hit costs no generator at all.
+Each public method returns a step generator (mycel/remote.py) that :class:`~mycel.cache.Cache`
+runs blocking and :class:`~mycel.aio.AsyncCache` awaits. The local fast path of ``get`` (a hit
+on a key this node holds) stays in those two classes, so that a hit costs no generator at all.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import CacheTimeout, QuorumNotReached, ValueTooLarge
+from .errors import CacheTimeout, KeyNotFound, QuorumNotReached, ValueTooLarge
 from .protocol import (
+    AddRequest,
+    AddResponse,
+    ApplyRequest,
+    BucketsResponse,
+    CompareDeleteRequest,
+    CompareDeleteResponse,
+    ErrorCode,
     ErrorResponse,
     GetRequest,
     GetResponse,
+    IncrRequest,
+    IncrResponse,
     Op,
     Record,
     Response,
+    ScanResponse,
+    SetTtlRequest,
+    SetTtlResponse,
+    StatsRequest,
+    StatsResponse,
     encode_request,
     encode_response,
 )
 from .remote import FAILURES, Call, CallFailed, Outcome, Remote, Steps, Wait
 from .replication import Replicator, quorum_size
-from .store import BucketSpec, Entry
+from .scan import KeyScan
+from .store import BucketSpec
 
 if TYPE_CHECKING:
     from .buckets import BucketCatalog
@@ -35,9 +52,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MISSING: Any = object()  # no default given: a missing key raises KeyNotFound
+CLEAR_TIMEOUT = 30.0  # seconds each node has to purge a bucket (about a second per million keys)
+
 
 class Client:
-    """The operations of one Cache that may involve other nodes."""
+    """The operations of one Cache."""
 
     def __init__(self, ctx: CacheContext, remote: Remote, replicator: Replicator, catalog: BucketCatalog,
                  server: CacheServer) -> None:
@@ -48,19 +68,39 @@ class Client:
         self.server = server
 
     # -- reads ------------------------------------------------------------------------------------
-    def read(self, bucket: str, key: str) -> Steps[Record | None]:
-        """The newest record of ``key`` this read policy finds (None: not found)."""
+    def get(self, bucket: str, key: str, default: Any = MISSING, *, looked: bool = False) -> Steps[Any]:
+        """The value of ``key``, ``default`` when it is missing (KeyNotFound without one).
+        ``looked``: the caller found no local copy already."""
+        if looked:
+            record = yield from self.read_remote(bucket, key)
+        else:
+            record = yield from self.read(bucket, key)
+        if record is None or record.data is None:
+            self.ctx.counters.inc("misses")
+            if default is MISSING:
+                raise KeyNotFound(bucket, key)
+            return default
+        self.ctx.counters.inc("remote_hits")
+        return self.ctx.serializer.loads(record.data)
+
+    def read(self, bucket: str, key: str, touch: bool = True) -> Steps[Record | None]:
+        """The newest record of ``key`` this read policy finds (None: not found); ``touch``
+        False reads a local copy without marking it used."""
         check_key(key)
         yield from self.catalog.spec(bucket)
-        if self.ctx.settings.read_quorum != 1:
+        ctx = self.ctx
+        if ctx.settings.read_quorum != 1:
             return (yield from self._read_quorum(bucket, key))
-        entry = self.ctx.store.get(bucket, key)  # the bucket may have been unknown a moment ago
-        if entry is not None:
-            return record_of(bucket, key, entry, self.ctx.store.remaining_ttl(entry))
+        store = ctx.store
+        entry = store.get(bucket, key) if touch else store.peek(bucket, key)
+        if entry is not None and entry.data is not None:
+            return Record(bucket, key, entry.data, entry.version, store.remaining_ttl(entry))
         return (yield from self.read_remote(bucket, key))
 
     def read_remote(self, bucket: str, key: str) -> Steps[Record | None]:
+        """Ask the key's other replicas, primary first, until one answers."""
         ctx = self.ctx
+        check_key(key)
         replica_set = ctx.replica_set(bucket, key)
         # Ask the primary (or, when this node is the primary and misses the key, the next
         # replica: with a majority write quorum one of the others has every acknowledged write).
@@ -91,9 +131,10 @@ class Client:
         answers: dict[str, Record | None] = {}
         if ctx.node_id in replica_set:
             entry = ctx.store.peek(bucket, key)
-            answers[ctx.node_id] = None if entry is None else record_of(bucket, key, entry,
-                                                                          ctx.store.remaining_ttl(entry))
-        futures = self._start_gets(bucket, [key], [n for n in replica_set if n != ctx.node_id])
+            answers[ctx.node_id] = None if entry is None else Record(bucket, key, entry.data, entry.version,
+                                                                       ctx.store.remaining_ttl(entry))
+        futures = self._start(ctx.app, encode_request(GetRequest(bucket, [key])),
+                              [n for n in replica_set if n != ctx.node_id])
         pending = set(futures)
         deadline = time.monotonic() + ctx.settings.remote_timeout + 0.5
         while pending and len(answers) < needed:
@@ -121,10 +162,10 @@ class Client:
                 if node_id == ctx.node_id:
                     ctx.apply_local(newest)
                 else:
-                    self._fire_and_forget(node_id, [newest])  # a repair, not a write
+                    self._start(ctx.app, encode_request(ApplyRequest([newest])), [node_id])  # a repair, not a write
         return newest
 
-    def read_many(self, bucket: str, keys: Iterable[str]) -> Steps[dict[str, Any]]:
+    def get_many(self, bucket: str, keys: Iterable[str]) -> Steps[dict[str, Any]]:
         """Values of the keys that exist (missing keys are left out); one request per node."""
         ctx = self.ctx
         yield from self.catalog.spec(bucket)
@@ -148,7 +189,7 @@ class Client:
             if not by_node:
                 raise CacheTimeout(f"no replica answered for {len(remote)} keys of bucket {bucket!r}")
             futures = {fut: (node_id, ks) for node_id, ks in by_node.items()
-                       for fut in self._start_gets(bucket, ks, [node_id])}
+                       for fut in self._start(ctx.app, encode_request(GetRequest(bucket, ks)), [node_id])}
             if futures:
                 yield Wait(futures, ctx.settings.remote_timeout + 1, all=True)
             for fut, (node_id, ks) in futures.items():
@@ -167,28 +208,12 @@ class Client:
             attempt += 1
         return found
 
-    def _start_gets(self, bucket: str, keys: list[str], node_ids: Iterable[str]) -> dict[Any, str]:
-        """GET requests to ``node_ids``; a node the request cannot even start for is left out."""
-        payload = encode_request(GetRequest(bucket, keys))
-        futures = {}
-        for node_id in node_ids:
-            try:
-                futures[self.ctx.app.request_future(payload, node_id, self.ctx.settings.remote_timeout)] = node_id
-            except FAILURES as exc:
-                logger.debug("read from %s not started: %s", node_id, self.remote.failure(exc, node_id))
-        return futures
-
-    def _fire_and_forget(self, node_id: str, records: list[Record]) -> None:
-        try:
-            self.replicator.send(node_id, records)
-        except FAILURES as exc:
-            logger.debug("repair of %s not sent: %s", node_id, self.remote.failure(exc, node_id))
-
-    def _first_record(self, response: Response) -> Record | None:
-        if isinstance(response, ErrorResponse):
-            raise response.to_exception()
-        assert isinstance(response, GetResponse)
-        return response.records[0]
+    def ttl(self, bucket: str, key: str) -> Steps[float | None]:
+        """Seconds ``key`` has left (None: it never expires); KeyNotFound if it is missing."""
+        record = yield from self.read(bucket, key, touch=False)
+        if record is None or record.data is None or (record.ttl is not None and record.ttl <= 0):
+            raise KeyNotFound(bucket, key)
+        return None if record.ttl is None or record.ttl == math.inf else record.ttl
 
     # -- writes -------------------------------------------------------------------------------------
     def put(self, bucket: str, items: Iterable[tuple[str, Any]], ttl: float | None) -> Steps[None]:
@@ -221,17 +246,76 @@ class Client:
         limit = self.ctx.settings.max_value_size
         if len(data) > limit:
             raise ValueTooLarge(len(data), limit)
-        return Record(spec.name, check_key(key), data, self.ctx.clock.now(), spec.ttl if ttl is None else float(ttl))
+        return Record(spec.name, check_key(key), data, self.ctx.clock.now(), final_ttl(spec, ttl))
+
+    def clear(self, bucket: str) -> Steps[None]:
+        """Clear ``bucket`` on every node, versioned (see the README's consistency contract)."""
+        ctx = self.ctx
+        spec = yield from self.catalog.spec(bucket)
+        nodes = ctx.app.nodes()
+        # 1. Every node's clock, so that the clear's version is newer than every write acknowledged
+        #    before it, whichever node's clock issued that write.
+        yield from self.catalog.exchange(ctx.others())
+        version = ctx.clock.now()
+        # 2. Every node, this one too, refuses writes at or below it and purges what it holds below.
+        answers = yield from self.catalog.exchange(nodes, [spec], cleared={bucket: version}, include_self=True,
+                                                   timeout=max(CLEAR_TIMEOUT, ctx.settings.remote_timeout))
+        failed = [n for n in nodes if not isinstance(answers.get(n), BucketsResponse)]
+        if ctx.node_id in failed:  # refuse the older writes here at once; the purge follows
+            self.catalog.learn([], {bucket: version}, purge=False)
+        self.catalog.missed_clear(failed)
+        replicas = min(ctx.settings.replicas, len(nodes))
+        tolerated = replicas - ctx.write_quorum(replicas)  # every key still has a quorum of cleared replicas
+        if len(failed) > tolerated:
+            raise QuorumNotReached(len(nodes) - len(failed), len(nodes) - tolerated, len(nodes),
+                                   f"clear of bucket {bucket!r} not acknowledged by {', '.join(failed)}; "
+                                   "they are sent it again until they answer", maybe_applied=True)
+        if failed:
+            logger.warning("clear of bucket %r not acknowledged by %s yet (sent again until they answer)",
+                           bucket, ", ".join(failed))
 
     # -- operations decided on the primary --------------------------------------------------------
+    def add(self, bucket: str, key: str, value: Any, ttl: float | None) -> Steps[bool]:
+        """Store ``value`` only if ``key`` is absent (decided on the primary); True if stored."""
+        spec = yield from self.catalog.spec(bucket)
+        record = self.record(spec, key, value, ttl)
+        request = AddRequest(bucket, record.key, record.data or b"", record.ttl)
+        response = yield from self.on_primary(bucket, key, request)
+        assert isinstance(response, AddResponse)
+        return response.added
+
+    def incr(self, bucket: str, key: str, delta: int) -> Steps[int]:
+        """Add ``delta`` to an integer value atomically on the primary; returns the new value."""
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise TypeError(f"delta must be an int, not {type(delta).__name__}")
+        yield from self.catalog.spec(bucket)
+        response = yield from self.on_primary(bucket, key, IncrRequest(bucket, check_key(key), delta))
+        assert isinstance(response, IncrResponse)
+        return response.value
+
+    def set_ttl(self, bucket: str, key: str, ttl: float | None) -> Steps[bool]:
+        """Give ``key`` a new TTL from now; False if it is missing."""
+        spec = yield from self.catalog.spec(bucket)
+        request = SetTtlRequest(bucket, check_key(key), final_ttl(spec, ttl))
+        response = yield from self.on_primary(bucket, key, request)
+        assert isinstance(response, SetTtlResponse)
+        return response.updated
+
+    def compare_and_delete(self, bucket: str, key: str, expected: Any) -> Steps[bool]:
+        """Delete ``key`` only if its value equals ``expected``, decided on the primary."""
+        yield from self.catalog.spec(bucket)
+        request = CompareDeleteRequest(bucket, check_key(key), self.ctx.serializer.dumps(expected))
+        response = yield from self.on_primary(bucket, key, request)
+        assert isinstance(response, CompareDeleteResponse)
+        return response.deleted
+
     def on_primary(self, bucket: str, key: str, request: PrimaryRequest) -> Steps[Response]:
         """Run a read-modify-write on the first replica that answers (the primary while it is up)."""
         ctx = self.ctx
         op = request.op
-        replica_set = ctx.replica_set(bucket, key)
         payload = encode_request(request)
         last_failure: CallFailed | None = None
-        for node_id in replica_set:
+        for node_id in ctx.replica_set(bucket, key):
             local = None
             if node_id == ctx.node_id:
                 local = lambda: encode_response(self.server.execute_primary(request))  # noqa: E731
@@ -249,9 +333,89 @@ class Client:
             return response
         raise CacheTimeout(f"{op.name} on {bucket}/{key}: no replica reachable ({last_failure})")
 
+    # -- buckets, scans, figures ------------------------------------------------------------------
+    def create_bucket(self, name: str, ttl: float | None, max_len: int | None) -> Steps[None]:
+        """Create a bucket on every member (idempotent; other settings → BucketConflict)."""
+        yield from self.catalog.create(BucketSpec(name, None if ttl is None else float(ttl), max_len))
 
-def record_of(bucket: str, key: str, entry: Entry, ttl: float | None) -> Record:
-    return Record(bucket, key, entry.data, entry.version, ttl)
+    def key_scan(self, bucket: str, pattern: str | None, page_size: int) -> Steps[KeyScan]:
+        """A new scan of ``bucket``'s keys over every cache node."""
+        yield from self.catalog.spec(bucket)
+        nodes = self.ctx.app.nodes()
+        return KeyScan(bucket, pattern, page_size, nodes, min(self.ctx.settings.replicas, len(nodes)) - 1)
+
+    def scan_page(self, scan: KeyScan) -> Steps[list[str] | None]:
+        """The next page of ``scan`` (maybe empty); None once it is over."""
+        ctx = self.ctx
+        while (node_id := scan.node_id) is not None:
+            payload = scan.request()
+            local = None
+            if node_id == ctx.node_id:
+                local = functools.partial(self.server.handle_primary, payload, ctx.node_id)
+            try:
+                response: Response = yield Call(ctx.primary_app, Op.SCAN, payload, node_id,
+                                                ctx.settings.remote_timeout, local)
+            except CallFailed as failed:
+                scan.node_failed(failed)
+                continue
+            if isinstance(response, ErrorResponse):
+                if response.code == ErrorCode.CURSOR_EXPIRED and scan.expired():
+                    continue
+                raise response.to_exception()
+            assert isinstance(response, ScanResponse)
+            return scan.accept(response)
+        return None
+
+    def cluster_stats(self, timeout: float) -> Steps[dict[str, dict[str, Any]]]:
+        """Every cache node's figures (a node that does not answer within ``timeout`` is left out)."""
+        ctx = self.ctx
+        futures = self._start(ctx.primary_app, encode_request(StatsRequest()), ctx.app.nodes(), timeout,
+                              include_self=True)
+        if futures:
+            yield Wait(futures, timeout + 0.5, all=True)
+        figures: dict[str, dict[str, Any]] = {}
+        for fut, node_id in sorted(futures.items(), key=lambda item: item[1]):
+            try:
+                response = self.remote.result(Op.STATS, node_id, fut) if fut.done() else None
+            except CallFailed as failed:
+                logger.info("no figures from %s: %s", node_id, failed)
+                continue
+            if isinstance(response, StatsResponse):
+                figures[node_id] = {**response.counters, "entries": response.entries}
+        return figures
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _start(self, app: Any, payload: bytes, node_ids: Iterable[str], timeout: float | None = None,
+               include_self: bool = False) -> dict[Any, str]:
+        """Requests to ``node_ids``; a node the request cannot even start for is left out."""
+        timeout = self.ctx.settings.remote_timeout if timeout is None else timeout
+        futures = {}
+        for node_id in node_ids:
+            if node_id == self.ctx.node_id and not include_self:
+                continue
+            try:
+                futures[app.request_future(payload, node_id, timeout)] = node_id
+            except FAILURES as exc:
+                logger.debug("request to %s not started: %s", node_id, self.remote.failure(exc, node_id))
+        return futures
+
+    def _first_record(self, response: Response) -> Record | None:
+        if isinstance(response, ErrorResponse):
+            raise response.to_exception()
+        assert isinstance(response, GetResponse)
+        return response.records[0]
+
+
+def final_ttl(spec: BucketSpec, ttl: float | None) -> float | None:
+    """The TTL a write travels with: None → the bucket's default; ``math.inf`` → never (None)."""
+    if ttl is None:
+        return spec.ttl
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__}")
+    ttl = float(ttl)
+    if ttl != ttl:
+        raise ValueError("ttl must be a number of seconds or None, not NaN")
+    return None if ttl == math.inf else ttl
 
 
 def check_key(key: object) -> str:

@@ -7,11 +7,12 @@ nodes (mycel/server.py) and the rebalancer with its maintenance thread (mycel/re
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from nodosum import Application, Counters, Node
+from nodosum import Application, Counters, Node, NodosumError
 
 from .placement import Placement
 from .protocol import Record
@@ -20,8 +21,31 @@ from .serializers import Serializer, get_serializer, is_immutable
 from .store import UNSET, Entry, LocalStore
 from .versions import HybridClock
 
+logger = logging.getLogger(__name__)
+
 APP_ID = "mycel"  # reads and replica writes, answered on the node's loop thread
 PRIMARY_APP_ID = "mycel.primary"  # requests whose handling blocks, answered on its worker pool
+
+#: The counters of :meth:`CacheContext.stats`, reported (as 0) before they first count.
+COUNTERS = (
+    "requests",  # requests this node's cache answered for others (and itself)
+    "errors",  # of those, the ones that failed (undecodable, or a failure in the handler)
+    "bad_requests",
+    "timeouts",  # requests to other nodes that got no answer in time
+    "remote_failures",  # requests to other nodes that failed in any way (timeouts included)
+    "bad_responses",
+    "misses",  # gets that found no value
+    "remote_hits",  # gets answered with a value by another node
+    "read_fallbacks",  # a replica failed a read and the next one was asked
+    "read_repairs",
+    "clears",  # clear versions taken on (from this node's clears or others')
+    "handoff_keys",
+    "handback_keys",
+    "handbacks_abandoned",
+    "hints_replayed",
+    "bucket_conflicts",
+    "maintenance_errors",
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +122,25 @@ class CacheContext:
         if is_immutable(value):
             entry.obj = value
         return value
+
+    def stats(self) -> dict[str, Any]:
+        """This cache's figures: the store's (``entries`` per bucket, evictions, ...), the
+        counters above, ``hits`` (local and remote), hints, and the node's own figures
+        prefixed ``node_``."""
+        store = self.store.stats()
+        figures: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+        figures.update(self.counters.snapshot())
+        figures.update(store)
+        figures["hits"] = store["hits"] + figures["remote_hits"]
+        figures["hints_pending"] = len(self.hints)
+        figures["hints_dropped"] = self.hints.dropped
+        try:
+            node = self.node.stats()
+        except NodosumError as exc:  # stopped: the cache's own figures still mean something
+            logger.debug("no node figures: %s", exc)
+        else:
+            figures.update((f"node_{name}", value) for name, value in node.items())
+        return figures
 
     def others(self) -> list[str]:
         """The other cache nodes."""

@@ -6,8 +6,9 @@ no longer holds only once its new holders acknowledged it. What could not be del
 swept again later. A member whose cache restarted empty without anyone noticing (no member
 event) is handed back its share.
 
-The maintenance thread runs periodic :class:`Task` s — expiry, sweeps, hand-backs, hint replay —
-each isolated: an exception in one is logged and counted and the thread keeps going.
+The maintenance thread runs periodic :class:`Task` s — expiry, purges after a clear, bucket
+exchanges, sweeps, hand-backs, hint replay — each isolated: an exception in one is logged and
+counted and the thread keeps going. Work that must not wait for the next tick calls ``wake``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from nodosum import MemberEvent, MemberEventKind
 
+from .buckets import SYNC_INTERVAL
 from .placement import Placement
 from .protocol import Record
 from .remote import Remote
@@ -53,10 +55,11 @@ def handoff_plan(store: LocalStore, node_id: str, old: Placement, new: Placement
     drops: list[Drop] = []
     members = set(new.members)
     for spec in store.buckets():
+        cleared = store.cleared(spec.name)
         for key, entry in store.items(spec.name):
             ttl = store.remaining_ttl(entry, now)
-            if ttl is not None and ttl <= 0:
-                continue
+            if (ttl is not None and ttl <= 0) or entry.version <= cleared:
+                continue  # expired, or cleared and not purged yet
             record = Record(spec.name, key, entry.data, entry.version, ttl)
             new_set = new.replicas(spec.name, key, replicas)
             if node_id not in new_set:
@@ -101,10 +104,15 @@ class Rebalancer:
         self._wake = threading.Event()
         self.tasks = [
             Task("expiry", MAINTENANCE_TICK, self._expire),
+            Task("purge after a clear", 0.0, catalog.purge_due),
+            Task("bucket exchange with members that missed a clear", MAINTENANCE_TICK, catalog.resync),
             Task("sweep", MAINTENANCE_TICK, self._sweep),
             Task("hand-back", MAINTENANCE_TICK, self._hand_back_due),
-            Task("hint replay", MAINTENANCE_TICK, self._replay_hints),
+            Task("hint replay", MAINTENANCE_TICK, self._replay_hints),  # after the resync: it carries the clears
+            Task("bucket exchange with a random member", SYNC_INTERVAL, catalog.sync_random,
+                 due=time.monotonic() + SYNC_INTERVAL),
         ]
+        catalog.wake = self.wake
         self._thread = threading.Thread(target=self._maintain, name=f"mycel-{ctx.node_id}-maintenance", daemon=True)
 
     def start(self) -> None:

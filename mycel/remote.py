@@ -194,7 +194,7 @@ class Remote:
                 if not step.futures:
                     reply = (set(), set())
                     continue
-                originals = {wrapped.setdefault(f, asyncio.wrap_future(f)): f for f in step.futures}
+                originals = {_wrapped(wrapped, f): f for f in step.futures}
                 done, pending = await asyncio.wait(
                     originals, timeout=max(0.0, step.timeout),
                     return_when=asyncio.ALL_COMPLETED if step.all else asyncio.FIRST_COMPLETED)
@@ -225,6 +225,23 @@ class Remote:
                 return delivered, response.message
             delivered += len(batch)
         return delivered, None
+
+
+def _wrapped(wrapped: dict[concurrent.futures.Future[bytes], asyncio.Future[bytes]],
+             fut: concurrent.futures.Future[bytes]) -> asyncio.Future[bytes]:
+    """The asyncio future following ``fut`` (one per future and operation)."""
+    found = wrapped.get(fut)
+    if found is None:
+        found = wrapped[fut] = asyncio.wrap_future(fut)
+        # Its outcome is read from ``fut`` itself (Remote.result): mark it retrieved, or asyncio
+        # logs "exception was never retrieved" when the wrapper is collected.
+        found.add_done_callback(_retrieve)
+    return found
+
+
+def _retrieve(fut: asyncio.Future[bytes]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _wait(step: Wait) -> tuple[set[concurrent.futures.Future[bytes]], set[concurrent.futures.Future[bytes]]]:

@@ -208,9 +208,11 @@ class Replicator:
     def replay_hints(self, members: set[str]) -> int:
         """Resend missed writes to members; returns how many were delivered."""
         delivered = 0
+        store = self.ctx.store
         for node_id, records in self.hints.take().items():
             if node_id not in members:
                 continue  # gone: rebalance, not hints, moves its keys
+            records = [r for r in records if store.has_bucket(r.bucket) and r.version > store.cleared(r.bucket)]
             sent, stopped = self.remote.deliver(self.ctx.app, node_id, records, self.timeout)
             delivered += sent
             if stopped is not None:

@@ -2,15 +2,18 @@
 
 import logging
 
+from .aio import AsyncCache
 from .cache import Cache
 from .errors import (
     BucketConflict,
     BucketNotFound,
+    CacheClosed,
     CacheTimeout,
     KeyNotFound,
     MycelError,
     NotAnInteger,
     QuorumNotReached,
+    SerializationError,
     ValueTooLarge,
 )
 from .store import BucketSpec
@@ -18,6 +21,6 @@ from .store import BucketSpec
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "BucketConflict", "BucketNotFound", "BucketSpec", "Cache", "CacheTimeout", "KeyNotFound", "MycelError",
-    "NotAnInteger", "QuorumNotReached", "ValueTooLarge",
+    "AsyncCache", "BucketConflict", "BucketNotFound", "BucketSpec", "Cache", "CacheClosed", "CacheTimeout",
+    "KeyNotFound", "MycelError", "NotAnInteger", "QuorumNotReached", "SerializationError", "ValueTooLarge",
 ]

@@ -2,6 +2,12 @@
 
 Each error with attributes also keeps them through ``pickle`` (``__reduce__``), so
 an error can cross a process boundary intact.
+
+Every error says whether the failed operation may still have been applied
+(:attr:`MycelError.maybe_applied`): False means certainly not (it was refused, or never
+reached a replica); True means that some replica may hold it (it was sent and no answer came
+in time, or fewer replicas than the quorum acknowledged it), and that it may still spread to
+the others, as replicas that missed a write are sent it again.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from typing import Any
 __all__ = [
     "BucketConflict",
     "BucketNotFound",
+    "CacheClosed",
     "CacheTimeout",
     "KeyNotFound",
     "MycelError",
@@ -24,6 +31,9 @@ __all__ = [
 
 class MycelError(Exception):
     """Base class of every error mycel raises."""
+
+    #: True if the failed operation may still have been applied (see the module docstring).
+    maybe_applied: bool = False
 
 
 class BucketNotFound(MycelError, LookupError):
@@ -56,19 +66,27 @@ class KeyNotFound(MycelError, KeyError):
 
 
 class QuorumNotReached(MycelError):
-    """Fewer replicas acknowledged an operation than its quorum needs."""
+    """Fewer replicas acknowledged an operation than its quorum needs.
 
-    def __init__(self, acked: int, needed: int, replicas: int, message: str | None = None) -> None:
+    ``failed_keys``: the keys that did not reach their quorum (of a ``put_many``, say);
+    ``maybe_applied``: whether any of them may have been applied anyway.
+    """
+
+    def __init__(self, acked: int, needed: int, replicas: int, message: str | None = None, *,
+                 failed_keys: list[str] | None = None, maybe_applied: bool = False) -> None:
         self.acked = acked
         self.needed = needed
         self.replicas = replicas
+        self.failed_keys = [] if failed_keys is None else list(failed_keys)
+        self.maybe_applied = maybe_applied
         super().__init__(
             message
             or f"quorum not reached: {acked} of {replicas} replicas acknowledged, {needed} needed"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.acked, self.needed, self.replicas, str(self)))
+        return (_rebuild, (type(self), (self.acked, self.needed, self.replicas, str(self)),
+                           {"failed_keys": self.failed_keys, "maybe_applied": self.maybe_applied}))
 
 
 class ValueTooLarge(MycelError, ValueError):
@@ -86,7 +104,18 @@ class ValueTooLarge(MycelError, ValueError):
 
 
 class CacheTimeout(MycelError, TimeoutError):
-    """A cache operation did not complete within its timeout."""
+    """A cache operation did not complete within its timeout (``maybe_applied``: see the module)."""
+
+    def __init__(self, message: str = "", *, maybe_applied: bool = False) -> None:
+        self.maybe_applied = maybe_applied
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), (str(self),), {"maybe_applied": self.maybe_applied}))
+
+
+class CacheClosed(MycelError):
+    """The cache was closed (or its node stopped): it serves no more calls."""
 
 
 class BucketConflict(MycelError, ValueError):
@@ -103,3 +132,8 @@ class ProtocolError(MycelError, ValueError):
 
 class SerializationError(MycelError, ValueError):
     """A value could not be serialized or deserialized."""
+
+
+def _rebuild(cls: type[MycelError], args: tuple[Any, ...], keywords: dict[str, Any]) -> MycelError:
+    """Unpickle an error whose constructor takes keyword-only arguments."""
+    return cls(*args, **keywords)

@@ -15,22 +15,34 @@ Wire format (integers big-endian)::
     ADD         = str16 bucket, str16 key, u32 length, data, opt_f64 ttl
     INCR        = str16 bucket, str16 key, i64 delta
     SET_TTL     = str16 bucket, str16 key, opt_f64 ttl
-    BUCKETS     = u32 count, spec * count
+    BUCKETS     = u32 count, spec * count, u8 fresh, clears
+    COMPARE_DELETE = str16 bucket, str16 key, u32 length, data expected
+    SCAN        = str16 bucket, (u8 0 | u8 1 str16 pattern), u64 cursor (0: start), u32 count
+    STATS       = (empty)
 
     GET ok      = u32 count, (u8 0 | u8 1 record) * count
     APPLY ok    = u32 count, u8 (bit 0 applied, bit 1 existed) * count
     ADD ok      = u8 added, (u8 0 | u8 1 version)
     INCR ok     = i64 value, version
     SET_TTL ok  = u8 updated
-    BUCKETS ok  = u32 count, spec * count
+    BUCKETS ok  = u32 count, spec * count, clears, u64 clock (the responder's latest clock value)
+    COMPARE_DELETE ok = u8 deleted
+    SCAN ok     = u32 count, str16 key * count, u64 cursor (0: the scan is complete)
+    STATS ok    = u32 count, (str16 name, i64 value) * count, u32 count, (str16 bucket, u64 entries) * count
     error       = u8 code, str16 message, str16 bucket, str16 key, u64 size, u64 limit
 
     record      = str16 bucket, str16 key, opt_data data, version, opt_f64 ttl
     spec        = str16 name, opt_f64 ttl, (u8 0 | u8 1 u64 max_len)
+    clears      = u32 count, (str16 bucket, version cleared) * count
     version     = u64 clock, str8 node_id
     str16       = u16 length, UTF-8     str8 = u8 length, UTF-8
     opt_data    = u8 0 (None) | u8 1, u32 length, bytes
     opt_f64     = u8 0 (None) | u8 1, f64 (never NaN)
+
+Every ``ttl`` on the wire is final, in seconds from now: the sender has resolved a bucket's
+default. None and +inf both mean "never expires"; ``<= 0`` means "expired already".
+A bucket's *clear version* (``clears``) is the version of its last cluster-wide clear: a
+receiver drops every entry at or below it and refuses such writes from then on.
 """
 
 from __future__ import annotations
@@ -38,16 +50,18 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 from mycel.errors import (
     BucketConflict,
     BucketNotFound,
+    CacheClosed,
     KeyNotFound,
     MycelError,
     NotAnInteger,
     ProtocolError,
+    QuorumNotReached,
     ValueTooLarge,
 )
 from mycel.store import BucketSpec
@@ -62,6 +76,8 @@ __all__ = [
     "ApplyResponse",
     "BucketsRequest",
     "BucketsResponse",
+    "CompareDeleteRequest",
+    "CompareDeleteResponse",
     "ErrorCode",
     "ErrorResponse",
     "GetRequest",
@@ -72,15 +88,19 @@ __all__ = [
     "Record",
     "Request",
     "Response",
+    "ScanRequest",
+    "ScanResponse",
     "SetTtlRequest",
     "SetTtlResponse",
+    "StatsRequest",
+    "StatsResponse",
     "decode_request",
     "decode_response",
     "encode_request",
     "encode_response",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: clear versions in BUCKETS; COMPARE_DELETE, SCAN, STATS
 #: Error messages longer than this (UTF-8 bytes) are truncated by the encoder.
 MAX_ERROR_MESSAGE_BYTES = 4096
 
@@ -122,6 +142,9 @@ class Op(enum.IntEnum):
     INCR = 4
     SET_TTL = 5
     BUCKETS = 6
+    COMPARE_DELETE = 7
+    SCAN = 8
+    STATS = 9
 
 
 class ErrorCode(enum.IntEnum):
@@ -133,7 +156,10 @@ class ErrorCode(enum.IntEnum):
     CONFLICT = 4
     BAD_REQUEST = 5
     TOO_LARGE = 6
-    INTERNAL = 7
+    INTERNAL = 7  # the handler failed at an unknown point: the operation may have happened
+    QUORUM = 8  # size = replicas that acknowledged, limit = replicas needed
+    CLOSED = 9  # the responder's cache is closing or closed
+    CURSOR_EXPIRED = 10  # a scan cursor the responder no longer knows (restart the scan there)
 
 
 # --------------------------------------------------------------------- messages
@@ -209,6 +235,35 @@ class BucketsRequest:
     op: ClassVar[Op] = Op.BUCKETS
     specs: list[BucketSpec]
     fresh: bool = False
+    cleared: dict[str, Version] = field(default_factory=dict)  # bucket -> its clear version
+
+
+@dataclass(slots=True)
+class CompareDeleteRequest:
+    """Delete ``key`` only if its value equals ``expected`` (serialized), decided on the primary."""
+
+    op: ClassVar[Op] = Op.COMPARE_DELETE
+    bucket: str
+    key: str
+    expected: bytes
+
+
+@dataclass(slots=True)
+class ScanRequest:
+    """The next page of live keys matching ``pattern`` (a glob; None: all); ``cursor`` 0 starts."""
+
+    op: ClassVar[Op] = Op.SCAN
+    bucket: str
+    pattern: str | None
+    cursor: int
+    count: int
+
+
+@dataclass(slots=True)
+class StatsRequest:
+    """The responder's cache figures."""
+
+    op: ClassVar[Op] = Op.STATS
 
 
 @dataclass(slots=True)
@@ -259,6 +314,34 @@ class BucketsResponse:
 
     op: ClassVar[Op] = Op.BUCKETS
     specs: list[BucketSpec]
+    cleared: dict[str, Version] = field(default_factory=dict)
+    clock: int = 0  # the responder's latest clock value
+
+
+@dataclass(slots=True)
+class CompareDeleteResponse:
+    """True if the value matched and was deleted."""
+
+    op: ClassVar[Op] = Op.COMPARE_DELETE
+    deleted: bool
+
+
+@dataclass(slots=True)
+class ScanResponse:
+    """A page of keys and the cursor of the next one (0: no more)."""
+
+    op: ClassVar[Op] = Op.SCAN
+    keys: list[str]
+    cursor: int
+
+
+@dataclass(slots=True)
+class StatsResponse:
+    """Flat integer figures, and live entries per bucket."""
+
+    op: ClassVar[Op] = Op.STATS
+    counters: dict[str, int]
+    entries: dict[str, int]
 
 
 @dataclass(slots=True)
@@ -285,7 +368,14 @@ class ErrorResponse:
             return BucketConflict(message)
         if code == ErrorCode.TOO_LARGE:
             return ValueTooLarge(self.size, self.limit, message)
-        return MycelError(message)
+        if code == ErrorCode.QUORUM:
+            return QuorumNotReached(self.size, self.limit, self.limit, message,
+                                    failed_keys=[self.key] if self.key else [], maybe_applied=True)
+        if code == ErrorCode.CLOSED:
+            return CacheClosed(message)
+        error = MycelError(message)
+        error.maybe_applied = code == ErrorCode.INTERNAL
+        return error
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorResponse:
@@ -301,12 +391,27 @@ class ErrorResponse:
             return cls(ErrorCode.CONFLICT, message)
         if isinstance(exc, ValueTooLarge):
             return cls(ErrorCode.TOO_LARGE, message, size=exc.size, limit=exc.limit)
+        if isinstance(exc, QuorumNotReached):
+            key = exc.failed_keys[0] if len(exc.failed_keys) == 1 else ""
+            return cls(ErrorCode.QUORUM, message, key=key, size=exc.acked, limit=exc.needed)
+        if isinstance(exc, CacheClosed):
+            return cls(ErrorCode.CLOSED, message)
         if isinstance(exc, ValueError):  # ProtocolError, invalid bucket settings, bad ttl...
             return cls(ErrorCode.BAD_REQUEST, message)
         return cls(ErrorCode.INTERNAL, f"{type(exc).__name__}: {message}")
 
 
-Request = Union[GetRequest, ApplyRequest, AddRequest, IncrRequest, SetTtlRequest, BucketsRequest]
+Request = Union[
+    GetRequest,
+    ApplyRequest,
+    AddRequest,
+    IncrRequest,
+    SetTtlRequest,
+    BucketsRequest,
+    CompareDeleteRequest,
+    ScanRequest,
+    StatsRequest,
+]
 Response = Union[
     GetResponse,
     ApplyResponse,
@@ -314,6 +419,9 @@ Response = Union[
     IncrResponse,
     SetTtlResponse,
     BucketsResponse,
+    CompareDeleteResponse,
+    ScanResponse,
+    StatsResponse,
     ErrorResponse,
 ]
 
@@ -462,9 +570,39 @@ def _enc_specs(out: list[bytes], msg: BucketsRequest | BucketsResponse) -> None:
         _spec(out, spec)
 
 
+def _enc_clears(out: list[bytes], cleared: dict[str, Version]) -> None:
+    out.append(_U32.pack(len(cleared)))
+    for bucket, version in cleared.items():
+        _str16(out, "bucket", bucket)
+        _version(out, version)
+
+
 def _enc_buckets_request(out: list[bytes], req: BucketsRequest) -> None:
     _enc_specs(out, req)
     out.append(_TRUE if req.fresh else _FALSE)
+    _enc_clears(out, req.cleared)
+
+
+def _enc_compare_delete_request(out: list[bytes], req: CompareDeleteRequest) -> None:
+    _str16(out, "bucket", req.bucket)
+    _str16(out, "key", req.key)
+    out.append(_U32.pack(len(req.expected)))
+    out.append(req.expected)
+
+
+def _enc_scan_request(out: list[bytes], req: ScanRequest) -> None:
+    _str16(out, "bucket", req.bucket)
+    if req.pattern is None:
+        out.append(_NONE)
+    else:
+        out.append(_TRUE)
+        _str16(out, "pattern", req.pattern)
+    out.append(_U64.pack(req.cursor))
+    out.append(_U32.pack(req.count))
+
+
+def _enc_stats_request(out: list[bytes], req: StatsRequest) -> None:
+    pass
 
 
 def _enc_get_response(out: list[bytes], resp: GetResponse) -> None:
@@ -494,6 +632,34 @@ def _enc_set_ttl_response(out: list[bytes], resp: SetTtlResponse) -> None:
     out.append(_TRUE if resp.updated else _FALSE)
 
 
+def _enc_buckets_response(out: list[bytes], resp: BucketsResponse) -> None:
+    _enc_specs(out, resp)
+    _enc_clears(out, resp.cleared)
+    out.append(_U64.pack(resp.clock))
+
+
+def _enc_compare_delete_response(out: list[bytes], resp: CompareDeleteResponse) -> None:
+    out.append(_TRUE if resp.deleted else _FALSE)
+
+
+def _enc_scan_response(out: list[bytes], resp: ScanResponse) -> None:
+    _count(out, resp.keys)
+    for key in resp.keys:
+        _str16(out, "key", key)
+    out.append(_U64.pack(resp.cursor))
+
+
+def _enc_stats_response(out: list[bytes], resp: StatsResponse) -> None:
+    out.append(_U32.pack(len(resp.counters)))
+    for name, value in resp.counters.items():
+        _str16(out, "figure name", name)
+        out.append(_i64(f"figure {name!r}", value))
+    out.append(_U32.pack(len(resp.entries)))
+    for bucket, entries in resp.entries.items():
+        _str16(out, "bucket", bucket)
+        out.append(_U64.pack(entries))
+
+
 def _enc_error(out: list[bytes], resp: ErrorResponse) -> None:
     raw = resp.message.encode("utf-8", "replace")
     if len(raw) > MAX_ERROR_MESSAGE_BYTES:
@@ -517,6 +683,9 @@ _REQUEST_ENCODERS: dict[type, tuple[bytes, _Encoder]] = {
     IncrRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.INCR), _enc_incr_request),
     SetTtlRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.SET_TTL), _enc_set_ttl_request),
     BucketsRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.BUCKETS), _enc_buckets_request),
+    CompareDeleteRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.COMPARE_DELETE), _enc_compare_delete_request),
+    ScanRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.SCAN), _enc_scan_request),
+    StatsRequest: (_HEADER.pack(PROTOCOL_VERSION, Op.STATS), _enc_stats_request),
 }
 
 _OK = _HEADER.pack(PROTOCOL_VERSION, STATUS_OK)
@@ -528,7 +697,10 @@ _RESPONSE_ENCODERS: dict[type, tuple[bytes, _Encoder]] = {
     AddResponse: (_OK, _enc_add_response),
     IncrResponse: (_OK, _enc_incr_response),
     SetTtlResponse: (_OK, _enc_set_ttl_response),
-    BucketsResponse: (_OK, _enc_specs),
+    BucketsResponse: (_OK, _enc_buckets_response),
+    CompareDeleteResponse: (_OK, _enc_compare_delete_response),
+    ScanResponse: (_OK, _enc_scan_response),
+    StatsResponse: (_OK, _enc_stats_response),
     ErrorResponse: (_ERR, _enc_error),
 }
 
@@ -735,9 +907,47 @@ def _dec_set_ttl_request(buf: bytes, p: int) -> tuple[SetTtlRequest, int]:
     return SetTtlRequest(bucket, key, ttl), p
 
 
+def _read_clears(buf: bytes, p: int) -> tuple[dict[str, Version], int]:
+    count, p = _read_count(buf, p, _MIN_STR16 + 9, "clear versions")
+    cleared: dict[str, Version] = {}
+    for _ in range(count):
+        bucket, p = _read_str16(buf, p, "bucket")
+        cleared[bucket], p = _read_version(buf, p)
+    return cleared, p
+
+
 def _dec_buckets_request(buf: bytes, p: int) -> tuple[BucketsRequest, int]:
     specs, p = _read_specs(buf, p)
-    return BucketsRequest(specs, _read_flag(buf, p, "fresh")), p + 1
+    fresh = _read_flag(buf, p, "fresh")
+    cleared, p = _read_clears(buf, p + 1)
+    return BucketsRequest(specs, fresh, cleared), p
+
+
+def _dec_compare_delete_request(buf: bytes, p: int) -> tuple[CompareDeleteRequest, int]:
+    bucket, p = _read_str16(buf, p, "bucket")
+    key, p = _read_str16(buf, p, "key")
+    (n,) = _unpack32(buf, p)
+    p += 4
+    q = p + n
+    if q > len(buf):
+        raise _truncated("expected value")
+    return CompareDeleteRequest(bucket, key, buf[p:q]), q
+
+
+def _dec_scan_request(buf: bytes, p: int) -> tuple[ScanRequest, int]:
+    bucket, p = _read_str16(buf, p, "bucket")
+    pattern: str | None = None
+    if _read_flag(buf, p, "pattern"):
+        pattern, p = _read_str16(buf, p + 1, "pattern")
+    else:
+        p += 1
+    (cursor,) = _unpack64(buf, p)
+    (count,) = _unpack32(buf, p + 8)
+    return ScanRequest(bucket, pattern, cursor, count), p + 12
+
+
+def _dec_stats_request(buf: bytes, p: int) -> tuple[StatsRequest, int]:
+    return StatsRequest(), p
 
 
 def _dec_get_response(buf: bytes, p: int) -> tuple[GetResponse, int]:
@@ -791,7 +1001,39 @@ def _dec_set_ttl_response(buf: bytes, p: int) -> tuple[SetTtlResponse, int]:
 
 def _dec_buckets_response(buf: bytes, p: int) -> tuple[BucketsResponse, int]:
     specs, p = _read_specs(buf, p)
-    return BucketsResponse(specs), p
+    cleared, p = _read_clears(buf, p)
+    (clock,) = _unpack64(buf, p)
+    return BucketsResponse(specs, cleared, clock), p + 8
+
+
+def _dec_compare_delete_response(buf: bytes, p: int) -> tuple[CompareDeleteResponse, int]:
+    return CompareDeleteResponse(_read_flag(buf, p, "deleted")), p + 1
+
+
+def _dec_scan_response(buf: bytes, p: int) -> tuple[ScanResponse, int]:
+    count, p = _read_count(buf, p, _MIN_STR16, "keys")
+    keys = []
+    for _ in range(count):
+        key, p = _read_str16(buf, p, "key")
+        keys.append(key)
+    (cursor,) = _unpack64(buf, p)
+    return ScanResponse(keys, cursor), p + 8
+
+
+def _dec_stats_response(buf: bytes, p: int) -> tuple[StatsResponse, int]:
+    count, p = _read_count(buf, p, _MIN_STR16 + 8, "figures")
+    counters: dict[str, int] = {}
+    for _ in range(count):
+        name, p = _read_str16(buf, p, "figure name")
+        (counters[name],) = _unpack_i64(buf, p)
+        p += 8
+    count, p = _read_count(buf, p, _MIN_STR16 + 8, "buckets")
+    entries: dict[str, int] = {}
+    for _ in range(count):
+        bucket, p = _read_str16(buf, p, "bucket")
+        (entries[bucket],) = _unpack64(buf, p)
+        p += 8
+    return StatsResponse(counters, entries), p
 
 
 _ERROR_CODES = {int(code): code for code in ErrorCode}
@@ -817,6 +1059,9 @@ _REQUEST_DECODERS: dict[int, _Decoder] = {
     Op.INCR: _dec_incr_request,
     Op.SET_TTL: _dec_set_ttl_request,
     Op.BUCKETS: _dec_buckets_request,
+    Op.COMPARE_DELETE: _dec_compare_delete_request,
+    Op.SCAN: _dec_scan_request,
+    Op.STATS: _dec_stats_request,
 }
 
 _RESPONSE_DECODERS: dict[int, _Decoder] = {
@@ -826,6 +1071,9 @@ _RESPONSE_DECODERS: dict[int, _Decoder] = {
     Op.INCR: _dec_incr_response,
     Op.SET_TTL: _dec_set_ttl_response,
     Op.BUCKETS: _dec_buckets_response,
+    Op.COMPARE_DELETE: _dec_compare_delete_response,
+    Op.SCAN: _dec_scan_response,
+    Op.STATS: _dec_stats_response,
 }
 
 

@@ -1,6 +1,9 @@
-"""Replicated writes with a quorum, hinted handoff, and rebalance when members change.
+"""Replicated writes with a quorum, and the hints that remember what a replica missed.
 
-Everything here talks to other nodes only through nodosum's Application API.
+A write is a step generator (see mycel/remote.py): it sends each node its records, applies
+this node's share, waits for the quorum and briefly for the other replicas, and leaves the
+stragglers to settle in the background. Everything here talks to other nodes only through
+nodosum's Application API.
 """
 
 from __future__ import annotations
@@ -12,18 +15,18 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
-
-from nodosum import Application, NodeUnreachable, NodosumError
+from typing import TYPE_CHECKING
 
 from .errors import QuorumNotReached
-from .placement import Placement
-from .protocol import ApplyRequest, ApplyResponse, ErrorResponse, Op, Record, decode_response, encode_request
-from .store import LocalStore
+from .protocol import ApplyRequest, ApplyResponse, ErrorResponse, Op, Record, encode_request
+from .remote import FAILURES, CallFailed, Outcome, Remote, Steps, Wait, batches
+
+if TYPE_CHECKING:
+    from .context import CacheContext
 
 logger = logging.getLogger(__name__)
 
 MAX_HINTS = 100_000
-HANDOFF_BATCH = 500
 LINGER_MIN = 0.005  # seconds a write waits for replicas beyond its quorum ...
 LINGER_MAX = 0.25  # ... at least and at most
 
@@ -65,6 +68,10 @@ class Hints:
                 self._hints.popitem(last=False)
                 self.dropped += 1
 
+    def add_all(self, node_id: str, records: Iterable[Record]) -> None:
+        for record in records:
+            self.add(node_id, record)
+
     def take(self) -> dict[str, list[Record]]:
         """Remove and return every live hint by node, with TTLs shortened by their age."""
         now = self._clock()
@@ -87,50 +94,56 @@ class Hints:
 class Replicator:
     """Sends records to their replicas and counts acknowledgements."""
 
-    def __init__(self, app: Application, store: LocalStore, node_id: str, hints: Hints, *,
-                 timeout: float, apply_local: Callable[[Record], tuple[bool, bool]]) -> None:
-        self.app = app
-        self.store = store
-        self.node_id = node_id
-        self.hints = hints
-        self.timeout = timeout
-        self.apply_local = apply_local
+    def __init__(self, ctx: CacheContext, remote: Remote) -> None:
+        self.ctx = ctx
+        self.remote = remote
+        self.hints = ctx.hints
 
-    def send(self, node_id: str, records: list[Record], timeout: float | None = None
-             ) -> concurrent.futures.Future[bytes]:
-        return self.app.request_future(encode_request(ApplyRequest(records)), node_id,
-                                       self.timeout if timeout is None else timeout)
+    @property
+    def timeout(self) -> float:
+        return self.ctx.settings.remote_timeout
 
-    def write(self, groups: dict[tuple[str, ...], list[Record]], quorum: Callable[[int], int]
-              ) -> list[tuple[bool, bool]]:
+    def send(self, node_id: str, records: list[Record]) -> concurrent.futures.Future[bytes]:
+        """Start an APPLY of ``records`` on ``node_id`` (the caller keeps it within one batch)."""
+        return self.ctx.app.request_future(encode_request(ApplyRequest(records)), node_id, self.timeout)
+
+    def write(self, groups: dict[tuple[str, ...], list[Record]]) -> Steps[list[tuple[bool, bool]]]:
         """Write each group of records to its replica set; returns (applied, existed) per record
-        in input order. Raises QuorumNotReached if any record lacks its quorum."""
+        in input order. Raises QuorumNotReached naming every record that lacks its quorum."""
+        me = self.ctx.node_id
         by_node: dict[str, list[int]] = defaultdict(list)
         flat: list[Record] = []
         needed: list[int] = []
         sets: list[tuple[str, ...]] = []
         for replica_set, records in groups.items():
+            quorum = self.ctx.write_quorum(len(replica_set))
             for record in records:
                 index = len(flat)
                 flat.append(record)
-                needed.append(quorum(len(replica_set)))
+                needed.append(quorum)
                 sets.append(replica_set)
                 for node_id in replica_set:
                     by_node[node_id].append(index)
         acks = [0] * len(flat)
         existed = [False] * len(flat)
         applied = [False] * len(flat)
-        futures: dict[concurrent.futures.Future[bytes], str] = {}
+        unknown = [False] * len(flat)  # sent to a replica that may have applied it without saying so
+        missed: list[tuple[str, list[int]]] = []  # replicas that did not acknowledge, hinted at the end
+        futures: dict[concurrent.futures.Future[bytes], tuple[str, list[int]]] = {}
         for node_id, indexes in by_node.items():
-            if node_id == self.node_id:
+            if node_id == me:
                 continue
-            try:
-                futures[self.send(node_id, [flat[i] for i in indexes])] = node_id
-            except NodosumError as exc:
-                logger.debug("cannot send to %s: %s", node_id, exc)
-                self._hint(node_id, [flat[i] for i in indexes])
-        for i in by_node.get(self.node_id, ()):
-            was_applied, was_there = self.apply_local(flat[i])
+            start = 0
+            for batch in batches([flat[i] for i in indexes]):
+                part = indexes[start:start + len(batch)]
+                start += len(batch)
+                try:
+                    futures[self.send(node_id, batch)] = (node_id, part)
+                except FAILURES as exc:
+                    logger.debug("cannot send to %s: %s", node_id, self.remote.failure(exc, node_id))
+                    missed.append((node_id, part))
+        for i in by_node.get(me, ()):
+            was_applied, was_there = self.ctx.apply_local(flat[i])
             acks[i] += 1
             applied[i] = applied[i] or was_applied
             existed[i] = existed[i] or was_there
@@ -139,129 +152,82 @@ class Replicator:
         pending = set(futures)
         lingering = False
         while pending:
-            if not lingering and all(a >= n for a, n in zip(acks, needed)):
+            if not lingering and all(a >= n for a, n in zip(acks, needed, strict=True)):
                 # Quorum met. Give the other replicas a moment too (as long again as the
                 # quorum took, within bounds), so that in a healthy cluster every replica
                 # has the write when put() returns; a dead replica delays it only briefly.
                 lingering = True
-                deadline = min(deadline, time.monotonic() + min(LINGER_MAX, max(LINGER_MIN, time.monotonic() - started)))
-            done, pending = concurrent.futures.wait(pending, timeout=max(0.0, deadline - time.monotonic()),
-                                                    return_when=concurrent.futures.FIRST_COMPLETED)
+                linger = min(LINGER_MAX, max(LINGER_MIN, time.monotonic() - started))
+                deadline = min(deadline, time.monotonic() + linger)
+            done, pending = yield Wait(pending, deadline - time.monotonic())
             if not done:
                 break
             for fut in done:
-                self._count(fut, futures[fut], by_node[futures[fut]], flat, acks, applied, existed)
+                node_id, part = futures[fut]
+                try:
+                    response = self._acknowledged(node_id, fut)
+                except CallFailed as call_failed:
+                    missed.append((node_id, part))
+                    if call_failed.outcome is Outcome.UNKNOWN:
+                        for i in part:
+                            unknown[i] = True
+                    continue
+                for i, (was_applied, was_there) in zip(part, response.results, strict=False):
+                    acks[i] += 1
+                    applied[i] = applied[i] or was_applied
+                    existed[i] = existed[i] or was_there
         for fut in pending:  # the quorum is met (or time is up): settle stragglers in the background
-            node_id = futures[fut]
-            fut.add_done_callback(functools.partial(self._late, node_id=node_id,
-                                                    records=[flat[i] for i in by_node[node_id]]))
-        for i in range(len(flat)):
-            if acks[i] < needed[i]:
-                raise QuorumNotReached(acks[i], needed[i], len(sets[i]))
-        return list(zip(applied, existed))
+            node_id, part = futures[fut]
+            for i in part:
+                unknown[i] = True
+            fut.add_done_callback(functools.partial(self._late, node_id=node_id, records=[flat[i] for i in part]))
+        failed = [i for i in range(len(flat)) if acks[i] < needed[i]]
+        # A write reported as certainly not applied must not be replayed later either.
+        doomed = {i for i in failed if acks[i] == 0 and not unknown[i]}
+        for node_id, part in missed:
+            self.hints.add_all(node_id, (flat[i] for i in part if i not in doomed))
+        if failed:
+            raise _quorum_error(flat, failed, acks, needed, sets, maybe_applied=len(doomed) < len(failed))
+        return list(zip(applied, existed, strict=True))
 
-    def _count(self, fut: concurrent.futures.Future[bytes], node_id: str, indexes: list[int],
-               flat: list[Record], acks: list[int], applied: list[bool], existed: list[bool]) -> None:
-        response = self._response(fut, node_id, [flat[i] for i in indexes])
-        if response is None:
-            return
-        for i, (was_applied, was_there) in zip(indexes, response.results):
-            acks[i] += 1
-            applied[i] = applied[i] or was_applied
-            existed[i] = existed[i] or was_there
-
-    def _late(self, fut: concurrent.futures.Future[bytes], node_id: str, records: list[Record]) -> None:
-        self._response(fut, node_id, records)
-
-    def _response(self, fut: concurrent.futures.Future[bytes], node_id: str,
-                  records: list[Record]) -> ApplyResponse | None:
-        try:
-            response = decode_response(Op.APPLY, fut.result(0))
-        except (NodosumError, concurrent.futures.CancelledError, TimeoutError) as exc:
-            logger.debug("replica %s missed %d writes: %s", node_id, len(records), exc)
-            self._hint(node_id, records)
-            return None
+    def _acknowledged(self, node_id: str, fut: concurrent.futures.Future[bytes]) -> ApplyResponse:
+        response = self.remote.result(Op.APPLY, node_id, fut)
         if isinstance(response, ErrorResponse):
-            logger.warning("replica %s refused %d writes: %s", node_id, len(records), response.message)
-            self._hint(node_id, records)
-            return None
+            logger.warning("replica %s refused writes: %s", node_id, response.message)
+            raise CallFailed(Outcome.REFUSED, node_id, response.message)
         assert isinstance(response, ApplyResponse)
         return response
 
-    def _hint(self, node_id: str, records: Iterable[Record]) -> None:
-        for record in records:
-            self.hints.add(node_id, record)
+    def _late(self, fut: concurrent.futures.Future[bytes], node_id: str, records: list[Record]) -> None:
+        try:
+            self._acknowledged(node_id, fut)
+        except CallFailed as call_failed:
+            logger.debug("replica %s missed %d writes: %s", node_id, len(records), call_failed)
+            self.hints.add_all(node_id, records)
 
     def replay_hints(self, members: set[str]) -> int:
         """Resend missed writes to members; returns how many were delivered."""
         delivered = 0
+        store = self.ctx.store
         for node_id, records in self.hints.take().items():
             if node_id not in members:
                 continue  # gone: rebalance, not hints, moves its keys
-            for start in range(0, len(records), HANDOFF_BATCH):
-                batch = records[start:start + HANDOFF_BATCH]
-                try:
-                    response = decode_response(Op.APPLY, self.send(node_id, batch).result(self.timeout + 1))
-                except (NodosumError, TimeoutError, concurrent.futures.TimeoutError):
-                    self._hint(node_id, records[start:])
-                    break
-                if isinstance(response, ErrorResponse):
-                    self._hint(node_id, records[start:])
-                    break
-                delivered += len(batch)
+            records = [r for r in records if store.has_bucket(r.bucket) and r.version > store.cleared(r.bucket)]
+            sent, stopped = self.remote.deliver(self.ctx.app, node_id, records, self.timeout)
+            delivered += sent
+            if stopped is not None:
+                logger.debug("hint replay to %s stopped after %d of %d: %s", node_id, sent, len(records), stopped)
+                self.hints.add_all(node_id, records[sent:])
         return delivered
 
 
-def handoff_plan(store: LocalStore, node_id: str, old: Placement, new: Placement, replicas: int,
-                 now: float) -> tuple[dict[str, list[Record]], list[tuple[str, str, tuple[str, ...]]]]:
-    """What this node must send where after a membership change, and what it may then drop.
-
-    A key whose replica set gained members is sent to the new ones by one holder only: the
-    first member of the old set that is still a member (so each key travels once). A key
-    this node no longer owns is sent to every new replica and dropped after they acknowledge.
-    """
-    sends: dict[str, list[Record]] = defaultdict(list)
-    drops: list[tuple[str, str, tuple[str, ...]]] = []
-    members = set(new.members)
-    for spec in store.buckets():
-        for key, entry in store.items(spec.name):
-            ttl = store.remaining_ttl(entry, now)
-            if ttl is not None and ttl <= 0:
-                continue
-            record = Record(spec.name, key, entry.data, entry.version, ttl)
-            new_set = new.replicas(spec.name, key, replicas)
-            if node_id not in new_set:
-                for target in new_set:
-                    sends[target].append(record)
-                drops.append((spec.name, key, tuple(new_set)))
-                continue
-            old_set = old.replicas(spec.name, key, replicas)
-            holders = [n for n in old_set if n in members]
-            if holders and holders[0] != node_id:
-                continue
-            for target in new_set:
-                if target != node_id and target not in old_set:
-                    sends[target].append(record)
-    return sends, drops
-
-
-def deliver_handoff(replicator: Replicator, sends: dict[str, list[Record]]) -> set[str]:
-    """Send handoff batches; returns the nodes that acknowledged everything sent to them."""
-    complete: set[str] = set()
-    for target, records in sends.items():
-        ok = True
-        for start in range(0, len(records), HANDOFF_BATCH):
-            batch = records[start:start + HANDOFF_BATCH]
-            try:
-                response = decode_response(Op.APPLY, replicator.send(target, batch).result(replicator.timeout + 1))
-            except (NodeUnreachable, NodosumError, TimeoutError, concurrent.futures.TimeoutError) as exc:
-                logger.info("handoff of %d keys to %s failed: %s", len(records) - start, target, exc)
-                ok = False
-                break
-            if isinstance(response, ErrorResponse):
-                logger.warning("handoff to %s refused: %s", target, response.message)
-                ok = False
-                break
-        if ok:
-            complete.add(target)
-    return complete
+def _quorum_error(flat: list[Record], failed: list[int], acks: list[int], needed: list[int],
+                  sets: list[tuple[str, ...]], maybe_applied: bool) -> QuorumNotReached:
+    worst = min(failed, key=lambda i: acks[i] - needed[i])
+    acked, need, replicas = acks[worst], needed[worst], len(sets[worst])
+    message = None
+    if len(flat) > 1:
+        message = (f"quorum not reached for {len(failed)} of {len(flat)} keys (e.g. {flat[worst].key!r}: "
+                   f"{acked} of {replicas} replicas acknowledged, {need} needed)")
+    return QuorumNotReached(acked, need, replicas, message, failed_keys=[flat[i].key for i in failed],
+                            maybe_applied=maybe_applied)

@@ -10,9 +10,15 @@ and every tombstone) is also in one TTL index, a ``SortedList`` of
 ``(expires_at, bucket, key)``, so purging is O(log n) per entry, never a scan.
 
 Writes are *newer version wins*: a write applies only when its version is newer
-than whatever the key holds, live value or tombstone. Deletes leave tombstones
-that live ``tombstone_ttl`` seconds, so a late, older write cannot resurrect a
-deleted key. LRU evictions and :meth:`LocalStore.remove` leave no tombstone.
+than whatever the key holds, live value or tombstone, and than the bucket's *clear
+version* (the version of its last clear, :meth:`LocalStore.clear`). Deletes leave
+tombstones that live ``tombstone_ttl`` seconds, so a late, older write cannot resurrect
+a deleted key. LRU evictions and :meth:`LocalStore.remove` leave no tombstone.
+
+Work over a whole bucket (:meth:`LocalStore.items`, :meth:`LocalStore.clear`, scans)
+holds the lock for at most ``CHUNK`` keys at a time, so the loop thread's reads and
+writes interleave with it. Only the key list is copied at once, up front: one C-level
+copy of pointers (about 15 ms per million keys), never the entries.
 
 Entries handed out are never rewritten, except ``expires_at`` (by
 :meth:`LocalStore.set_expiry`) and the ``obj`` slot, which belongs to the cache
@@ -26,15 +32,15 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
 from mycel.errors import BucketConflict, BucketNotFound
-from mycel.versions import Version
+from mycel.versions import ZERO_VERSION, Version
 
-__all__ = ["UNSET", "BucketSpec", "Entry", "LocalStore", "MAX_BUCKET_NAME_BYTES"]
+__all__ = ["CHUNK", "UNSET", "BucketSpec", "Entry", "LocalStore", "MAX_BUCKET_NAME_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,11 @@ UNSET: object = object()
 MAX_BUCKET_NAME_BYTES = 255
 
 _KEY_LOCKS = 256  # a power of two
+
+#: Keys handled per lock hold by the whole-bucket methods.
+CHUNK = 1000
+
+_keys = dict.keys  # a dict's own key view: on an OrderedDict it skips the linked list (10x faster to copy)
 
 
 class BucketSpec(NamedTuple):
@@ -113,12 +124,13 @@ def validate_spec(spec: BucketSpec) -> BucketSpec:
 
 
 class _Bucket:
-    __slots__ = ("spec", "live", "tombs")
+    __slots__ = ("spec", "live", "tombs", "cleared")
 
     def __init__(self, spec: BucketSpec) -> None:
         self.spec = spec
         self.live: OrderedDict[str, Entry] = OrderedDict()  # LRU first, MRU last
         self.tombs: dict[str, Entry] = {}
+        self.cleared: Version = ZERO_VERSION  # writes at or below it are refused
 
 
 class LocalStore:
@@ -140,6 +152,7 @@ class LocalStore:
         self._evictions = 0
         self._expirations = 0
         self._tombstones_expired = 0
+        self._hits = 0
 
     @property
     def tombstone_ttl(self) -> float:
@@ -201,6 +214,28 @@ class LocalStore:
                 self._expirations += 1
                 return None
             live.move_to_end(key)
+            self._hits += 1
+            return entry
+
+    def read(self, bucket: str, key: str) -> Entry | None:
+        """The value or tombstone of ``key``, unexpired, marking a value recently used
+        (another node's read: not counted as a hit here)."""
+        with self._lock:
+            b = self._get_bucket(bucket)
+            entry = b.live.get(key)
+            container: dict[str, Entry] = b.live
+            if entry is None:
+                entry = b.tombs.get(key)
+                container = b.tombs
+                if entry is None:
+                    return None
+            expires_at = entry.expires_at
+            if expires_at is not None and expires_at <= self._clock():
+                self._drop(bucket, key, entry, container)
+                self._count_expired(entry)
+                return None
+            if container is b.live:
+                b.live.move_to_end(key)
             return entry
 
     def peek(self, bucket: str, key: str) -> Entry | None:
@@ -221,12 +256,49 @@ class LocalStore:
                 return None
             return entry
 
-    def items(self, bucket: str) -> list[tuple[str, Entry]]:
-        """A snapshot of every unexpired value and tombstone in ``bucket`` (for handoff)."""
+    def items(self, bucket: str) -> Iterator[tuple[str, Entry]]:
+        """Every unexpired value and tombstone of ``bucket`` (for handoff), ``CHUNK`` keys per
+        lock hold. What is there for the whole iteration is yielded once; an entry written or
+        removed meanwhile may or may not be."""
+        keys = self._key_list(bucket, tombstones=True)
+        return self._entries(bucket, keys)
+
+    def _entries(self, bucket: str, keys: list[str]) -> Iterator[tuple[str, Entry]]:
+        for start in range(0, len(keys), CHUNK):
+            found = []
+            with self._lock:
+                b = self._buckets[bucket]
+                live, tombs = b.live, b.tombs
+                now = self._clock()
+                for key in keys[start:start + CHUNK]:
+                    entry = live.get(key) or tombs.get(key)
+                    if entry is not None and (entry.expires_at is None or entry.expires_at > now):
+                        found.append((key, entry))
+            yield from found
+
+    def keys(self, bucket: str) -> list[str]:
+        """A snapshot of the keys of ``bucket``'s live values (some may expire before they are read)."""
+        return self._key_list(bucket, tombstones=False)
+
+    def live_keys(self, bucket: str, keys: Sequence[str]) -> list[str]:
+        """Those of ``keys`` (at most about ``CHUNK`` of them) that hold a live, unexpired value."""
+        with self._lock:
+            live = self._get_bucket(bucket).live
+            now = self._clock()
+            found = []
+            for key in keys:
+                entry = live.get(key)
+                if entry is not None and (entry.expires_at is None or entry.expires_at > now):
+                    found.append(key)
+            return found
+
+    def _key_list(self, bucket: str, tombstones: bool) -> list[str]:
         with self._lock:
             b = self._get_bucket(bucket)
-            self._purge(self._clock())
-            return list(b.live.items()) + list(b.tombs.items())
+            keys = list(_keys(b.live))
+            if tombstones:
+                keys += b.tombs
+            return keys
 
     def count(self, bucket: str) -> int:
         """The number of live (unexpired, non-tombstone) values in ``bucket``."""
@@ -265,9 +337,9 @@ class LocalStore:
             if current is None:
                 current = b.tombs.get(key)
                 container = b.tombs
+            if (current is not None and version <= current.version) or version <= b.cleared:
+                return (False, existed)
             if current is not None:
-                if version <= current.version:
-                    return (False, existed)
                 self._drop(bucket, key, current, container)
 
             if data is None or (ttl is not None and ttl <= 0):
@@ -335,19 +407,50 @@ class LocalStore:
             if entry is not None:
                 self._drop(bucket, key, entry, b.tombs)
 
-    def clear(self, bucket: str) -> int:
-        """Forget every value and tombstone in ``bucket``, leaving no tombstones; returns how many."""
+    def clear(self, bucket: str, version: Version | None = None) -> int:
+        """Forget the values and tombstones of ``bucket``, leaving no tombstones; returns how many.
+
+        With ``version`` (a cluster-wide clear), only those at or below it, and from now on
+        refuse every write at or below it: see :meth:`set_cleared`. Without, all that are
+        there when the clear starts (a local reset). ``CHUNK`` keys per lock hold.
+        """
+        if version is not None:
+            self.set_cleared(bucket, version)
+        keys = self._key_list(bucket, tombstones=True)
+        dropped = 0
+        for start in range(0, len(keys), CHUNK):
+            with self._lock:
+                b = self._buckets[bucket]
+                limit = b.cleared if version is not None else None
+                for key in keys[start:start + CHUNK]:
+                    container: dict[str, Entry] = b.live
+                    entry = container.get(key)
+                    if entry is None:
+                        container = b.tombs
+                        entry = container.get(key)
+                    if entry is not None and (limit is None or entry.version <= limit):
+                        self._drop(bucket, key, entry, container)
+                        dropped += 1
+        return dropped
+
+    def set_cleared(self, bucket: str, version: Version) -> bool:
+        """Refuse every write to ``bucket`` at or below ``version`` from now on (entries already
+        there stay until :meth:`clear`); True if that is newer than its clear version was."""
         with self._lock:
             b = self._get_bucket(bucket)
-            index = self._index
-            dropped = 0
-            for container in (b.live, b.tombs):
-                for key, entry in container.items():
-                    if entry.expires_at is not None:
-                        index.remove((entry.expires_at, bucket, key))
-                dropped += len(container)
-                container.clear()
-            return dropped
+            if version <= b.cleared:
+                return False
+            b.cleared = version
+            return True
+
+    def cleared(self, bucket: str) -> Version:
+        """The clear version of ``bucket`` (``ZERO_VERSION`` if it was never cleared)."""
+        return self._get_bucket(bucket).cleared
+
+    def clear_versions(self) -> dict[str, Version]:
+        """The clear version of every bucket that was ever cleared."""
+        with self._lock:
+            return {name: b.cleared for name, b in self._buckets.items() if b.cleared != ZERO_VERSION}
 
     # ------------------------------------------------------------------ expiry
 
@@ -368,7 +471,8 @@ class LocalStore:
         return self._key_locks[hash((bucket, key)) & (_KEY_LOCKS - 1)]
 
     def stats(self) -> dict[str, object]:
-        """Live values per bucket, tombstones, evictions and expirations (after a purge)."""
+        """Live values per bucket, tombstones, evictions, expirations and hits of :meth:`get`
+        (after a purge)."""
         with self._lock:
             self._purge(self._clock())
             return {
@@ -377,6 +481,7 @@ class LocalStore:
                 "evictions": self._evictions,
                 "expirations": self._expirations,
                 "tombstones_expired": self._tombstones_expired,
+                "hits": self._hits,
             }
 
     # ------------------------------------------------------------------ internals (lock held)

@@ -17,6 +17,7 @@ from .errors import (
     RequestTimeout,
 )
 from .membership import Member, MemberEvent, MemberEventKind
+from .metrics import Counters
 
 if TYPE_CHECKING:
     from .application import Application
@@ -39,7 +40,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'nodosum' has no attribute {name!r}")
 
 __all__ = [
-    "Application", "ApplicationError", "BackpressureError", "ConfigError", "Member", "MemberEvent", "MemberEventKind",
+    "Application", "ApplicationError", "BackpressureError", "ConfigError", "Counters", "Member", "MemberEvent", "MemberEventKind",
     "MessageTooLarge", "Node", "NodeConfig", "NodeNotRunning", "NodeUnreachable", "NodosumError",
     "ReadyTimeout", "RemoteError", "RequestTimeout",
 ]

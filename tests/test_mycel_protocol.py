@@ -30,6 +30,8 @@ from mycel.protocol import (
     ApplyResponse,
     BucketsRequest,
     BucketsResponse,
+    CompareDeleteRequest,
+    CompareDeleteResponse,
     ErrorCode,
     ErrorResponse,
     GetRequest,
@@ -38,8 +40,12 @@ from mycel.protocol import (
     IncrResponse,
     Op,
     Record,
+    ScanRequest,
+    ScanResponse,
     SetTtlRequest,
     SetTtlResponse,
+    StatsRequest,
+    StatsResponse,
     decode_request,
     decode_response,
     encode_request,
@@ -62,6 +68,8 @@ specs = st.builds(
     BucketSpec, texts, st.none() | st.floats(allow_nan=False), st.none() | st.integers(0, 2**64 - 1)
 )
 i64 = st.integers(-(2**63), 2**63 - 1)
+u64 = st.integers(0, 2**64 - 1)
+clears = st.dictionaries(texts, versions, max_size=4)
 
 requests = st.one_of(
     st.builds(GetRequest, texts, st.lists(texts, max_size=10)),
@@ -69,7 +77,10 @@ requests = st.one_of(
     st.builds(AddRequest, texts, texts, st.binary(max_size=64), ttls),
     st.builds(IncrRequest, texts, texts, i64),
     st.builds(SetTtlRequest, texts, texts, ttls),
-    st.builds(BucketsRequest, st.lists(specs, max_size=5), st.booleans()),
+    st.builds(BucketsRequest, st.lists(specs, max_size=5), st.booleans(), clears),
+    st.builds(CompareDeleteRequest, texts, texts, st.binary(max_size=64)),
+    st.builds(ScanRequest, texts, st.none() | texts, u64, st.integers(0, 2**32 - 1)),
+    st.builds(StatsRequest),
 )
 error_responses = st.builds(
     ErrorResponse,
@@ -86,7 +97,10 @@ responses = st.one_of(
     st.builds(AddResponse, st.booleans(), st.none() | versions),
     st.builds(IncrResponse, i64, versions),
     st.builds(SetTtlResponse, st.booleans()),
-    st.builds(BucketsResponse, st.lists(specs, max_size=5)),
+    st.builds(BucketsResponse, st.lists(specs, max_size=5), clears, u64),
+    st.builds(CompareDeleteResponse, st.booleans()),
+    st.builds(ScanResponse, st.lists(texts, max_size=10), u64),
+    st.builds(StatsResponse, st.dictionaries(texts, i64, max_size=8), st.dictionaries(texts, u64, max_size=4)),
 )
 
 RECORD = Record("users", "alice", b"\x80\x05value", (123456789 << 16, "node-1"), 29.5)
@@ -98,6 +112,11 @@ SAMPLE_REQUESTS: list[Any] = [
     SetTtlRequest("users", "alice", None),
     BucketsRequest([BucketSpec("a"), BucketSpec("b", 10.0, 1000)]),
     BucketsRequest([], fresh=True),
+    BucketsRequest([BucketSpec("a")], cleared={"a": (99 << 16, "node-1"), "é": (1, "")}),
+    CompareDeleteRequest("locks", "lock:1", b"\x80\x05token"),
+    ScanRequest("users", None, 0, 1000),
+    ScanRequest("users", "user:*[0-9]", (7 << 32) | 1234, 1),
+    StatsRequest(),
 ]
 SAMPLE_RESPONSES: list[tuple[Op, Any]] = [
     (Op.GET, GetResponse([RECORD, None, Record("users", "x", None, (5, "n"), 3.0)])),
@@ -107,6 +126,11 @@ SAMPLE_RESPONSES: list[tuple[Op, Any]] = [
     (Op.INCR, IncrResponse(2**63 - 1, (7, "n"))),
     (Op.SET_TTL, SetTtlResponse(True)),
     (Op.BUCKETS, BucketsResponse([BucketSpec("a", None, 5)])),
+    (Op.BUCKETS, BucketsResponse([BucketSpec("a")], {"a": (5, "n")}, 2**64 - 1)),
+    (Op.COMPARE_DELETE, CompareDeleteResponse(True)),
+    (Op.SCAN, ScanResponse(["a", "b", "é"], 0)),
+    (Op.SCAN, ScanResponse([], (3 << 32) | 10)),
+    (Op.STATS, StatsResponse({"hits": 10, "errors": 0, "clock_skew": -5}, {"users": 3, "b": 0})),
     (Op.GET, ErrorResponse(ErrorCode.KEY_NOT_FOUND, "key 'k' not found", "b", "k")),
 ]
 
@@ -160,8 +184,9 @@ def test_types_survive_decoding() -> None:
     record = decoded.records[0]
     assert type(record.data) is bytes and type(record.version) is tuple
     assert type(record.ttl) is float
-    specs = decode_request(encode_request(SAMPLE_REQUESTS[-1])).specs  # type: ignore[union-attr]
-    assert all(type(s) is BucketSpec for s in specs)
+    decoded_buckets = decode_request(encode_request(SAMPLE_REQUESTS[5]))
+    assert isinstance(decoded_buckets, BucketsRequest)
+    assert all(type(s) is BucketSpec for s in decoded_buckets.specs)
 
 
 def test_big_batches_round_trip() -> None:
@@ -179,12 +204,27 @@ def test_long_strings_and_data() -> None:
 
 
 def test_wire_format_is_stable() -> None:
-    assert encode_request(GetRequest("b", ["k"])) == b"\x01\x01\x00\x01b\x00\x00\x00\x01\x00\x01k"
-    assert encode_response(SetTtlResponse(True)) == b"\x01\x00\x01"
-    assert encode_request(IncrRequest("b", "k", -1)) == b"\x01\x04\x00\x01b\x00\x01k" + b"\xff" * 8
+    assert encode_request(GetRequest("b", ["k"])) == b"\x02\x01\x00\x01b\x00\x00\x00\x01\x00\x01k"
+    assert encode_response(SetTtlResponse(True)) == b"\x02\x00\x01"
+    assert encode_request(IncrRequest("b", "k", -1)) == b"\x02\x04\x00\x01b\x00\x01k" + b"\xff" * 8
     assert encode_response(ApplyResponse([(True, True), (False, True)])) == (
-        b"\x01\x00\x00\x00\x00\x02\x03\x02"
+        b"\x02\x00\x00\x00\x00\x02\x03\x02"
     )
+
+
+def test_infinite_ttl_travels() -> None:
+    for req in (AddRequest("b", "k", b"v", float("inf")), SetTtlRequest("b", "k", float("inf"))):
+        assert decode_request(encode_request(req)).ttl == float("inf")  # type: ignore[union-attr]
+    record = Record("b", "k", b"v", (1, "n"), float("inf"))
+    assert decode_request(encode_request(ApplyRequest([record]))) == ApplyRequest([record])
+
+
+def test_new_ops_wire_format() -> None:
+    assert encode_request(StatsRequest()) == b"\x02\x09"
+    assert encode_request(ScanRequest("b", None, 0, 2)) == b"\x02\x08\x00\x01b\x00" + b"\x00" * 8 + b"\x00\x00\x00\x02"
+    assert encode_response(CompareDeleteResponse(False)) == b"\x02\x00\x00"
+    assert encode_request(BucketsRequest([], False, {"b": (1, "n")})) == (
+        b"\x02\x06\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01b" + b"\x00" * 7 + b"\x01\x01n")
 
 
 # ------------------------------------------------------------------ encoding errors
@@ -219,11 +259,26 @@ def test_delta_must_be_int() -> None:
         ApplyRequest([Record("b", "k", b"", (1, "n"), float("nan"))]),
         BucketsRequest([BucketSpec("b", float("nan"))]),
         BucketsRequest([BucketSpec("b", None, -1)]),
+        BucketsRequest([], cleared={"b": (-1, "n")}),
+        ScanRequest("b", "p", -1, 10),
+        ScanRequest("b", "p" * 65536, 0, 10),
+        ScanRequest("b", None, 0, 2**32),
+        CompareDeleteRequest("b" * 65536, "k", b""),
     ],
 )
 def test_unencodable_fields_raise_value_error(msg: Any) -> None:
     with pytest.raises(ValueError):
         encode_request(msg)
+
+
+@pytest.mark.parametrize(
+    "resp",
+    [StatsResponse({"x": 2**63}, {}), StatsResponse({}, {"b": -1}), ScanResponse(["k" * 65536], 0),
+     ScanResponse([], -1), BucketsResponse([], {}, 2**64)],
+)
+def test_unencodable_response_fields_raise_value_error(resp: Any) -> None:
+    with pytest.raises(ValueError):
+        encode_response(resp)
 
 
 def test_unknown_message_types() -> None:
@@ -260,7 +315,7 @@ def test_random_bytes_raise_protocol_error_only(data: bytes) -> None:
 @FUZZ
 @given(st.binary(max_size=100), st.sampled_from(list(Op)))
 def test_random_bodies_after_a_valid_header(body: bytes, op: Op) -> None:
-    for data in (bytes([1, op]) + body, b"\x01\x00" + body, b"\x01\x01" + body):
+    for data in (bytes([2, op]) + body, b"\x02\x00" + body, b"\x02\x01" + body):
         for decode_op in (None, op):
             try:
                 decode(decode_op, data)
@@ -299,12 +354,15 @@ def test_trailing_bytes_are_rejected(name: str, op: Op | None, raw: bytes) -> No
 @pytest.mark.parametrize(
     "op, data",
     [
-        (None, b"\x01\x01\x00\x01b\xff\xff\xff\xff"),  # GET: 4 billion keys
-        (None, b"\x01\x02\xff\xff\xff\xff"),  # APPLY: 4 billion records
-        (None, b"\x01\x06\xff\xff\xff\xff"),  # BUCKETS
-        (Op.GET, b"\x01\x00\xff\xff\xff\xff"),
-        (Op.APPLY, b"\x01\x00\xff\xff\xff\xff"),
-        (Op.BUCKETS, b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 100),
+        (None, b"\x02\x01\x00\x01b\xff\xff\xff\xff"),  # GET: 4 billion keys
+        (None, b"\x02\x02\xff\xff\xff\xff"),  # APPLY: 4 billion records
+        (None, b"\x02\x06\xff\xff\xff\xff"),  # BUCKETS
+        (None, b"\x02\x06\x00\x00\x00\x00\x00\xff\xff\xff\xff"),  # BUCKETS: clear versions
+        (Op.SCAN, b"\x02\x00\xff\xff\xff\xff"),
+        (Op.STATS, b"\x02\x00\xff\xff\xff\xff"),
+        (Op.GET, b"\x02\x00\xff\xff\xff\xff"),
+        (Op.APPLY, b"\x02\x00\xff\xff\xff\xff"),
+        (Op.BUCKETS, b"\x02\x00\xff\xff\xff\xff" + b"\x00" * 100),
     ],
 )
 def test_huge_counts_are_refused_before_reading(op: Op | None, data: bytes) -> None:
@@ -313,7 +371,7 @@ def test_huge_counts_are_refused_before_reading(op: Op | None, data: bytes) -> N
 
 
 def test_huge_declared_lengths_are_refused() -> None:
-    data = b"\x01\x03\x00\x01b\x00\x01k\xff\xff\xff\xff" + b"x" * 10
+    data = b"\x02\x03\x00\x01b\x00\x01k\xff\xff\xff\xff" + b"x" * 10
     with pytest.raises(ProtocolError, match="truncated"):
         decode_request(data)
 
@@ -322,13 +380,13 @@ def test_huge_declared_lengths_are_refused() -> None:
     "data, match",
     [
         (b"", "too short"),
-        (b"\x01", "too short"),
-        (b"\x02\x01\x00\x01b\x00\x00\x00\x00", "version"),
-        (b"\x01\x00", "unknown op"),
-        (b"\x01\x07", "unknown op"),
-        (b"\x01\x01\x00\x02\xff\xfe\x00\x00\x00\x00", "malformed"),  # bad UTF-8
-        (b"\x01\x05\x00\x01b\x00\x01k\x02", "flag"),  # ttl flag 2
-        (b"\x01\x05\x00\x01b\x00\x01k\x01" + struct.pack(">d", float("nan")), "NaN"),
+        (b"\x02", "too short"),
+        (b"\x01\x01\x00\x01b\x00\x00\x00\x00", "version"),  # version 1: the format before clear versions
+        (b"\x02\x00", "unknown op"),
+        (b"\x02\x63", "unknown op"),
+        (b"\x02\x01\x00\x02\xff\xfe\x00\x00\x00\x00", "malformed"),  # bad UTF-8
+        (b"\x02\x05\x00\x01b\x00\x01k\x02", "flag"),  # ttl flag 2
+        (b"\x02\x05\x00\x01b\x00\x01k\x01" + struct.pack(">d", float("nan")), "NaN"),
     ],
 )
 def test_specific_request_errors(data: bytes, match: str) -> None:
@@ -338,15 +396,15 @@ def test_specific_request_errors(data: bytes, match: str) -> None:
 
 def test_specific_response_errors() -> None:
     with pytest.raises(ProtocolError, match="status"):
-        decode_response(Op.SET_TTL, b"\x01\x02\x01")
+        decode_response(Op.SET_TTL, b"\x02\x02\x01")
     with pytest.raises(ProtocolError, match="flag"):
-        decode_response(Op.SET_TTL, b"\x01\x00\x02")
+        decode_response(Op.SET_TTL, b"\x02\x00\x02")
     with pytest.raises(ProtocolError, match="bits"):
-        decode_response(Op.APPLY, b"\x01\x00\x00\x00\x00\x01\x04")
+        decode_response(Op.APPLY, b"\x02\x00\x00\x00\x00\x01\x04")
     with pytest.raises(ProtocolError, match="error code"):
-        decode_response(Op.GET, b"\x01\x01\x09" + b"\x00" * 22)
+        decode_response(Op.GET, b"\x02\x01\xee" + b"\x00" * 22)
     with pytest.raises(ProtocolError, match="unknown op"):
-        decode_response(99, b"\x01\x00")  # type: ignore[arg-type]
+        decode_response(99, b"\x02\x00")  # type: ignore[arg-type]
 
 
 def test_accepts_bytearray_and_memoryview() -> None:

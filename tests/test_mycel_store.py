@@ -344,7 +344,7 @@ def test_clear(store: LocalStore) -> None:
     store.apply("b", "b", b"v", v(1), None)
     store.apply("b", "c", None, v(1), None)
     assert store.clear("b") == 3
-    assert store.items("b") == [] and store.next_expiry() is None
+    assert list(store.items("b")) == [] and store.next_expiry() is None
     check_invariants(store)
 
 
@@ -356,9 +356,6 @@ def test_items_snapshot_includes_tombstones(store: LocalStore, clock: FakeClock)
     items = dict(store.items("b"))
     assert set(items) == {"live", "dead"}
     assert items["dead"].is_tombstone and items["dead"].version == v(2)
-    snapshot = store.items("b")
-    store.apply("b", "new", b"v", v(1), None)
-    assert len(snapshot) == 2  # a snapshot, not a view
 
 
 # ------------------------------------------------------------------ LRU
@@ -372,7 +369,7 @@ def test_lru_bound_and_order(clock: FakeClock) -> None:
     assert store.get("lru", "a") is not None  # order now b, c, a
     store.apply("lru", "d", b"v", v(1), None)  # evicts b
     assert store.peek("lru", "b") is None
-    assert [k for k, _ in store.items("lru")] == ["c", "a", "d"]
+    assert list(store._buckets["lru"].live) == ["c", "a", "d"]
     store.peek("lru", "c")  # peek does not refresh
     store.apply("lru", "e", b"v", v(1), None)  # evicts c
     assert store.peek("lru", "c") is None
@@ -505,6 +502,7 @@ class StoreModel(RuleBasedStateMachine):
         self.model: dict[str, tuple[bytes | None, tuple[int, str], float | None]] = {}
         self.lru: list[str] = []
         self.evictions = 0
+        self.cleared = (0, "")
 
     def purge(self) -> None:
         now = self.clock.t
@@ -527,7 +525,7 @@ class StoreModel(RuleBasedStateMachine):
         version = (n, node)
         current = self.model.get(key)
         existed = current is not None and current[0] is not None
-        if current is not None and version <= current[1]:
+        if (current is not None and version <= current[1]) or version <= self.cleared:
             expected = (False, existed)
         else:
             expected = (True, existed)
@@ -593,6 +591,17 @@ class StoreModel(RuleBasedStateMachine):
                 self.lru.remove(key)
                 self.lru.append(key)
 
+    @rule(n=st.integers(0, 12), node=st.sampled_from(["p", "q"]))
+    def clear(self, n: int, node: str) -> None:
+        self.purge()
+        version = (n, node)
+        self.store.clear("m", version)
+        self.cleared = max(self.cleared, version)
+        for key, (_, entry_version, _) in list(self.model.items()):
+            if entry_version <= self.cleared:
+                self.forget(key)
+        assert self.store.cleared("m") == self.cleared
+
     @rule(key=KEYS)
     def remove(self, key: str) -> None:
         self.store.remove("m", key)
@@ -635,3 +644,112 @@ TestStoreModel.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+# ------------------------------------------------------------------ clear versions, chunked work
+
+
+def test_clear_with_a_version_refuses_older_writes(store: LocalStore) -> None:
+    store.apply("b", "old", b"v", v(5), None)
+    store.apply("b", "gone", None, v(6), None)
+    store.apply("b", "new", b"v", v(20), 30.0)
+    assert store.clear("b", v(10)) == 2
+    assert store.peek("b", "old") is None and store.peek("b", "gone") is None
+    assert store.get("b", "new") is not None  # newer than the clear: a write that followed it
+    assert store.apply("b", "old", b"again", v(9), None) == (False, False)  # a late write, from before
+    assert store.apply("b", "old", b"again", v(10), None) == (False, False)
+    assert store.apply("b", "old", b"after", v(11), None) == (True, False)
+    assert store.cleared("b") == v(10) and store.clear_versions() == {"b": v(10)}
+    assert store.set_cleared("b", v(8)) is False  # clear versions only move forward
+    assert store.cleared("b") == v(10)
+    check_invariants(store)
+
+
+def test_set_cleared_refuses_at_once_and_clear_purges_later(store: LocalStore) -> None:
+    store.apply("b", "k", b"v", v(5), None)
+    assert store.set_cleared("b", v(7)) is True
+    assert store.get("b", "k") is not None  # still there until the purge
+    assert store.apply("b", "k2", b"v", v(6), None) == (False, False)
+    assert store.clear("b", v(7)) == 1
+    assert store.peek("b", "k") is None
+    with pytest.raises(BucketNotFound):
+        store.set_cleared("nope", v(1))
+    assert store.clear_versions() == {"b": v(7)}
+
+
+def test_whole_bucket_work_releases_the_lock_between_chunks(clock: FakeClock) -> None:
+    from mycel.store import CHUNK
+
+    store = LocalStore(clock=clock)
+    store.create_bucket(BucketSpec("big"))
+    total = CHUNK * 5 + 3
+    for i in range(total):
+        store.apply("big", f"k{i}", b"v", v(1), None)
+    items = store.items("big")
+    first = next(items)
+    # between chunks the lock is free: another thread writes and reads without waiting
+    writer = threading.Thread(target=lambda: store.apply("big", "k0", b"new", v(2), None))
+    writer.start()
+    writer.join(5)
+    assert not writer.is_alive()
+    rest = list(items)
+    keys = [first[0]] + [k for k, _ in rest]
+    assert len(keys) == len(set(keys)) == total  # each key once, and no RuntimeError for the mutation
+    # removing keys mid-iteration: they are skipped, the others still come once
+    items = store.items("big")
+    next(items)
+    for i in range(CHUNK * 2, CHUNK * 3):
+        store.remove("big", f"k{i}")
+    assert len(list(items)) == total - CHUNK - 1
+
+
+def test_items_holds_the_lock_per_chunk(clock: FakeClock) -> None:
+    from mycel.store import CHUNK
+
+    class CountingLock:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.acquired = 0
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+            self.acquired += 1
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    store = LocalStore(clock=clock)
+    store.create_bucket(BucketSpec("big"))
+    for i in range(CHUNK * 10):
+        store.apply("big", f"k{i}", b"v", v(1), None)
+    counting = CountingLock()
+    store._lock = counting  # type: ignore[assignment]  # observe the lock holds only
+    assert len(list(store.items("big"))) == CHUNK * 10
+    assert counting.acquired >= 10  # one hold per chunk (and one for the key list), not one for all
+    counting.acquired = 0
+    assert store.clear("big", v(5)) == CHUNK * 10
+    assert counting.acquired >= 10
+
+
+def test_scan_keys_and_read(store: LocalStore, clock: FakeClock) -> None:
+    store.apply("b", "a", b"v", v(1), None)
+    store.apply("b", "short", b"v", v(1), 1.0)
+    store.apply("b", "dead", None, v(1), None)
+    assert sorted(store.keys("b")) == ["a", "short"]
+    clock.t += 2
+    assert store.live_keys("b", ["a", "short", "dead", "never"]) == ["a"]
+    assert store.read("b", "dead").is_tombstone  # type: ignore[union-attr]
+    assert store.read("b", "short") is None
+    assert store.read("b", "a").data == b"v"  # type: ignore[union-attr]
+    hits = store.stats()["hits"]
+    store.get("b", "a")
+    store.get("b", "missing")
+    assert store.stats()["hits"] == hits + 1  # read() and misses are not hits
+
+
+def test_infinite_ttl_everywhere(store: LocalStore) -> None:
+    store.apply("b", "k", b"v", v(1), 5.0)
+    assert store.set_expiry("b", "k", float("inf")) is True
+    entry = store.peek("b", "k")
+    assert entry is not None and entry.expires_at is None and store.remaining_ttl(entry) is None
+    check_invariants(store)
